@@ -1,0 +1,5 @@
+"""``python -m plugvisor`` runs the CLI."""
+
+from plugvisor.cli import main
+
+main()

@@ -1,0 +1,97 @@
+"""The ``plugvisor`` command line: one group, subcommands loaded lazily from their modules.
+
+Errors become messages and exit codes here and nowhere else: a
+:class:`~plugvisor.core.errors.PlugvisorError` prints ``error: <code>: <message>`` on
+stderr (or the JSON error under ``--json``) and exits with the class's ``exit_code``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from typing import Any
+
+import click
+
+from plugvisor import __version__
+from plugvisor.cli.context import CliContext
+from plugvisor.core.errors import PlugvisorError
+
+__all__ = ["cli", "main"]
+
+#: subcommand name -> ("module:attribute", one-line help). A command's module is
+#: imported only when that command runs, so ``plugvisor call`` does not pay for
+#: importing Celery or Flask, and ``--help`` imports nothing.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "config": ("plugvisor.cli.config:config", "Show every setting and its value."),
+    "install": ("plugvisor.cli.install:install", "Validate and install a signed archive."),
+    "keys": ("plugvisor.cli.keys:keys", "Generate, trust and list signing keys."),
+    "pack": ("plugvisor.cli.package:pack", "Pack and sign a plugin directory."),
+    "status": ("plugvisor.cli.install:status", "List plugins and their versions."),
+    "verify": ("plugvisor.cli.package:verify", "Check an archive and print every check."),
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands are imported on first use."""
+
+    def __init__(self, *args: Any, lazy: dict[str, tuple[str, str]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lazy = lazy
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self._lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self._lazy:
+            module, _, attr = self._lazy[cmd_name][0].partition(":")
+            cmd = getattr(importlib.import_module(module), attr)
+            assert isinstance(cmd, click.Command)
+            return cmd
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, self._lazy[name][1]) for name in sorted(self._lazy)]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--state-dir",
+    envvar="PLUGVISOR_STATE_DIR",
+    type=click.Path(file_okay=False),
+    help="State directory (default ./var; env PLUGVISOR_STATE_DIR).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
+@click.version_option(__version__, prog_name="plugvisor")
+@click.pass_context
+def cli(ctx: click.Context, state_dir: str | None, as_json: bool) -> None:
+    """plugvisor: run untrusted Python plugins in a sandbox and hot-swap them under load."""
+    ctx.obj = CliContext(state_dir=state_dir, as_json=as_json)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI and turn plugvisor errors into exit codes, once."""
+    as_json = "--json" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="plugvisor", standalone_mode=False)
+    except PlugvisorError as err:
+        if as_json:
+            click.echo(json.dumps({"ok": False, "error": err.to_dict()}, sort_keys=True))
+        else:
+            click.echo(f"error: {err}", err=True)
+        sys.exit(err.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(0)

@@ -1,0 +1,1 @@
+"""plugvisor core."""

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Install everything the tests need, then run ruff, mypy and pytest.
+#
+# README's second command and what .ci/run runs (with CI=true). Installs Debian's
+# rabbitmq-server for the RabbitMQ tests (the tests start it on 127.0.0.1 themselves).
+# Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/install.sh
+
+need=()
+command -v rabbitmq-server >/dev/null 2>&1 || need+=(rabbitmq-server)
+if [ ${#need[@]} -gt 0 ]; then
+    if [ "$(id -u)" -eq 0 ]; then
+        echo "test.sh: installing Debian packages: ${need[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+        # Debian's postinst tries to start the broker; the tests start their own on loopback.
+        if command -v rabbitmqctl >/dev/null 2>&1; then
+            rabbitmqctl -q stop >/dev/null 2>&1 || true
+        fi
+    else
+        echo "test.sh: WARNING: not root, cannot install ${need[*]}; tests needing them will skip loudly" >&2
+    fi
+fi
+
+echo "== ruff"
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+
+echo "== mypy"
+# The repository root is the package `plugvisor`; mypy finds it through a symlink.
+tc=$(mktemp -d)
+trap 'rm -rf "$tc"' EXIT
+ln -s "$(pwd)" "$tc/plugvisor"
+MYPYPATH="$tc" .venv/bin/mypy -p plugvisor
+
+echo "== pytest"
+set +e
+.venv/bin/python -m pytest "$@"
+rc=$?
+set -e
+if [ $rc -eq 5 ]; then
+    echo "test.sh: pytest collected no tests" >&2
+fi
+exit $rc
