@@ -410,6 +410,16 @@ def _loads(value: str | None) -> Any:
     return None if value is None else json.loads(value)
 
 
+def _check_not_newer(current: int) -> None:
+    if current > SCHEMA_VERSION:
+        raise StateError(
+            "schema_too_new",
+            f"registry schema version {current} is newer than this plugvisor understands "
+            f"({SCHEMA_VERSION}); upgrade plugvisor",
+            found=current, supported=SCHEMA_VERSION,
+        )  # fmt: skip
+
+
 def _is_locked(exc: OperationalError) -> bool:
     text = str(exc.orig).lower()
     return "database is locked" in text or "database is busy" in text or "busy" in text
@@ -502,31 +512,37 @@ class Registry:
                 delay = min(delay * 2, 0.2)
 
     def _migrate(self) -> None:
+        """Bring the schema up to :data:`SCHEMA_VERSION`; a no-op read when it is there."""
+        if self._current_schema() == SCHEMA_VERSION:
+            return  # the common case takes no write lock, so opening never waits on writers
+
         def run(conn: Connection) -> None:
             conn.exec_driver_sql(
                 "CREATE TABLE IF NOT EXISTS schema_version "
                 "(version INTEGER NOT NULL, applied VARCHAR(40) NOT NULL)"
             )
-            current = conn.execute(sa.select(sa.func.max(_schema_version.c.version))).scalar()
-            current = int(current or 0)
-            if current > SCHEMA_VERSION:
-                raise StateError(
-                    "schema_too_new",
-                    f"registry schema version {current} is newer than this plugvisor "
-                    f"understands ({SCHEMA_VERSION}); upgrade plugvisor",
-                    found=current, supported=SCHEMA_VERSION,
-                )  # fmt: skip
+            # Re-read under the write lock: another process may have migrated meanwhile.
+            found = conn.execute(sa.select(sa.func.max(_schema_version.c.version))).scalar()
+            current = int(found or 0)
+            _check_not_newer(current)
             for number, migration in enumerate(_MIGRATIONS[current:], start=current + 1):
                 migration(conn)
                 conn.execute(sa.insert(_schema_version).values(version=number, applied=_now()))
 
         self._write(run)
 
+    def _current_schema(self) -> int:
+        with self._read() as conn:
+            if not sa.inspect(conn).has_table("schema_version"):
+                return 0
+            found = conn.execute(sa.select(sa.func.max(_schema_version.c.version))).scalar()
+        current = int(found or 0)
+        _check_not_newer(current)
+        return current
+
     def schema_version(self) -> int:
         """The migration level of the open database."""
-        with self._read() as conn:
-            found = conn.execute(sa.select(sa.func.max(_schema_version.c.version))).scalar()
-            return int(found or 0)
+        return self._current_schema()
 
     # ---- plugins and versions --------------------------------------------------------------
     def add_version(
