@@ -1,0 +1,211 @@
+"""The content-addressed version store: ``versions/<digest>/``, read-only extracted trees.
+
+A version's directory is named after the SHA-256 of its MANIFEST.json, so the same
+code is stored once and a name can never point at different bytes. Trees arrive from
+``staging/`` (same filesystem) by one ``rename``: a reader sees either no directory or a
+complete one. Files are 0o444 and directories 0o555; :meth:`VersionStore.verify` re-hashes
+a tree against its manifest right before the daemon spawns it, so a file changed on disk
+after installation is caught rather than run.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+import uuid
+from pathlib import Path
+from typing import Protocol
+
+from plugvisor.core.errors import StateError
+from plugvisor.state._fs import fsync_dir as _fsync_dir
+from plugvisor.state._fs import remove_tree as _remove_tree
+from plugvisor.state.layout import StateLayout
+
+__all__ = ["CONTROL_FILES", "ManifestLike", "VersionStore"]
+
+#: Files of a stored tree that MANIFEST.json does not list (it cannot list itself).
+CONTROL_FILES = frozenset({"MANIFEST.json", "MANIFEST.sig"})
+
+_FILE_MODE = 0o444
+_DIR_MODE = 0o555
+_CHUNK = 1 << 16
+
+
+class FileEntryLike(Protocol):
+    """One ``files`` entry of MANIFEST.json (``core.manifest.FileEntry``)."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def sha256(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+
+
+class ManifestLike(Protocol):
+    """What :meth:`VersionStore.verify` reads from a ``core.manifest.Manifest``."""
+
+    @property
+    def files(self) -> tuple[FileEntryLike, ...]: ...
+
+
+class VersionStore:
+    """Adds, finds, verifies and removes the extracted trees under ``versions/``."""
+
+    def __init__(self, layout: StateLayout) -> None:
+        self.layout = layout
+
+    def path(self, digest: str) -> Path:
+        """Where the tree of ``digest`` lives (whether or not it exists)."""
+        return self.layout.version_dir(digest)
+
+    def exists(self, digest: str) -> bool:
+        """Whether the tree of ``digest`` is stored."""
+        return self.path(digest).is_dir()
+
+    def digests(self) -> list[str]:
+        """Every stored digest (for garbage collection against the registry)."""
+        if not self.layout.versions_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.layout.versions_dir.iterdir() if p.is_dir())
+
+    def add(self, staged_dir: Path, digest: str) -> Path:
+        """Move ``staged_dir`` to ``versions/<digest>/`` read-only, atomically; return the path.
+
+        Idempotent: when ``digest`` is already stored the existing tree is kept (it has
+        the same manifest hash) and ``staged_dir`` is removed.
+        """
+        dest = self.path(digest)
+        staged = Path(staged_dir)
+        if not staged.is_dir() or staged.is_symlink():
+            raise StateError(
+                "not_staged", f"{staged} is not a directory to store", path=str(staged)
+            )
+        if dest.is_dir():
+            _remove_tree(staged)
+            return dest
+        try:
+            # Everything read-only before it becomes visible; the top directory last, after
+            # the rename (renaming a directory to a new parent updates its "..").
+            _make_read_only(staged, include_top=False)
+            os.rename(staged, dest)
+        except OSError as exc:
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY) and dest.is_dir():
+                _remove_tree(staged)  # a concurrent add of the same digest won
+                return dest
+            raise StateError(
+                "store_failed", f"cannot store {staged} as {dest}: {exc}", digest=digest
+            ) from exc
+        os.chmod(dest, _DIR_MODE)
+        _fsync_dir(self.layout.versions_dir)
+        return dest
+
+    def verify(self, digest: str, manifest: ManifestLike) -> list[str]:
+        """Every way the stored tree differs from ``manifest``; ``[]`` when intact.
+
+        Checks: every listed file present as a regular file with its size and SHA-256, no
+        unlisted file, no writable file, and MANIFEST.json (when kept) hashing to
+        ``digest``. Symlinks are never followed.
+        """
+        root = self.path(digest)
+        if not root.is_dir():
+            return [f"version {digest} is not in the store ({root})"]
+        problems: list[str] = []
+        listed = {entry.path: entry for entry in manifest.files}
+        for rel, entry in sorted(listed.items()):
+            problems.extend(_check_file(root, rel, entry.size, entry.sha256))
+        manifest_file = root / "MANIFEST.json"
+        if manifest_file.is_file() and not manifest_file.is_symlink():
+            actual = _sha256(manifest_file)
+            if actual != digest:
+                problems.append(f"MANIFEST.json: sha256 {actual} is not the digest {digest}")
+        for rel in _walk_files(root):
+            if rel not in listed and rel not in CONTROL_FILES:
+                problems.append(f"{rel}: not in the manifest")
+        return problems
+
+    def remove(self, digest: str) -> bool:
+        """Delete the tree of ``digest``; False when it was not stored.
+
+        The tree is first renamed into ``staging/`` so a crash mid-delete never leaves a
+        half-empty directory under its digest.
+        """
+        src = self.path(digest)
+        if not src.is_dir():
+            return False
+        trash = self.layout.staging_dir / f".trash-{digest[:12]}-{uuid.uuid4().hex}"
+        try:
+            os.chmod(src, 0o700)  # a directory's ".." changes when it moves
+            os.rename(src, trash)
+        except OSError as exc:
+            raise StateError("store_failed", f"cannot remove {src}: {exc}", digest=digest) from exc
+        _fsync_dir(self.layout.versions_dir)
+        _remove_tree(trash)
+        return True
+
+
+def _check_file(root: Path, rel: str, size: int, sha256: str) -> list[str]:
+    path = root / rel
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return [f"{rel}: missing"]
+    if not stat.S_ISREG(st.st_mode):
+        return [f"{rel}: not a regular file"]
+    problems: list[str] = []
+    if st.st_mode & 0o222:
+        problems.append(f"{rel}: writable (mode {stat.S_IMODE(st.st_mode):o})")
+    if st.st_size != size:
+        problems.append(f"{rel}: size {st.st_size} instead of {size}")
+        return problems
+    actual = _sha256(path)
+    if actual != sha256:
+        problems.append(f"{rel}: sha256 {actual} instead of {sha256}")
+    return problems
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    # O_NOFOLLOW: a file swapped for a symlink since lstat is refused, not followed.
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _walk_files(root: Path) -> list[str]:
+    """Every non-directory entry below ``root`` (symlinks included), as POSIX relative paths."""
+    out: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        base = Path(dirpath)
+        # A symlink to a directory shows up in dirnames; report it as an entry, don't descend.
+        for name in [*filenames, *(d for d in dirnames if (base / d).is_symlink())]:
+            out.append((base / name).relative_to(root).as_posix())
+    return sorted(out)
+
+
+def _make_read_only(top: Path, *, include_top: bool) -> None:
+    """Files 0o444, directories 0o555, bottom-up; refuses anything else (symlinks, FIFOs)."""
+    for dirpath, dirnames, filenames in os.walk(top, topdown=False, followlinks=False):
+        base = Path(dirpath)
+        for name in filenames:
+            path = base / name
+            mode = os.lstat(path).st_mode
+            if not stat.S_ISREG(mode):
+                raise StateError(
+                    "not_regular", f"{path} is not a regular file; refusing to store it",
+                    path=str(path),
+                )  # fmt: skip
+            os.chmod(path, _FILE_MODE)
+        for name in dirnames:
+            path = base / name
+            if path.is_symlink():
+                raise StateError(
+                    "not_regular", f"{path} is a symlink; refusing to store it", path=str(path)
+                )
+            os.chmod(path, _DIR_MODE)
+    if include_top:
+        os.chmod(top, _DIR_MODE)
