@@ -19,9 +19,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from plugvisor.core.archive import remove_tree as _remove_tree
 from plugvisor.core.errors import PlugvisorError, StateError
 from plugvisor.state._fs import fsync_dir as _fsync_dir
-from plugvisor.state._fs import remove_tree as _remove_tree
 from plugvisor.state.layout import StateLayout
 
 __all__ = ["Quarantine", "QuarantineEntry"]

@@ -1,7 +1,9 @@
 """The content-addressed version store: ``versions/<digest>/``, read-only extracted trees.
 
 A version's directory is named after the SHA-256 of its MANIFEST.json, so the same
-code is stored once and a name can never point at different bytes. Trees arrive from
+code is stored once and a name can never point at different bytes. The tree keeps its
+MANIFEST.json, which makes it self-describing: the registry holds the digest, the digest
+pins MANIFEST.json, and MANIFEST.json pins every file. Trees arrive from
 ``staging/`` (same filesystem) by one ``rename``: a reader sees either no directory or a
 complete one. Files are 0o444 and directories 0o555; :meth:`VersionStore.verify` re-hashes
 a tree against its manifest right before the daemon spawns it, so a file changed on disk
@@ -16,39 +18,22 @@ import os
 import stat
 import uuid
 from pathlib import Path
-from typing import Protocol
 
-from plugvisor.core.errors import StateError
+from plugvisor.core.archive import remove_tree as _remove_tree
+from plugvisor.core.errors import PlugvisorError, StateError
+from plugvisor.core.manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest, parse_manifest
 from plugvisor.state._fs import fsync_dir as _fsync_dir
-from plugvisor.state._fs import remove_tree as _remove_tree
 from plugvisor.state.layout import StateLayout
 
-__all__ = ["CONTROL_FILES", "ManifestLike", "VersionStore"]
+__all__ = ["CONTROL_FILES", "VersionStore"]
 
 #: Files of a stored tree that MANIFEST.json does not list (it cannot list itself).
-CONTROL_FILES = frozenset({"MANIFEST.json", "MANIFEST.sig"})
+CONTROL_FILES = frozenset({MANIFEST_NAME, SIGNATURE_NAME})
 
 _FILE_MODE = 0o444
 _DIR_MODE = 0o555
 _CHUNK = 1 << 16
-
-
-class FileEntryLike(Protocol):
-    """One ``files`` entry of MANIFEST.json (``core.manifest.FileEntry``)."""
-
-    @property
-    def path(self) -> str: ...
-    @property
-    def sha256(self) -> str: ...
-    @property
-    def size(self) -> int: ...
-
-
-class ManifestLike(Protocol):
-    """What :meth:`VersionStore.verify` reads from a ``core.manifest.Manifest``."""
-
-    @property
-    def files(self) -> tuple[FileEntryLike, ...]: ...
+_MAX_MANIFEST_BYTES = 1024 * 1024
 
 
 class VersionStore:
@@ -71,11 +56,13 @@ class VersionStore:
             return []
         return sorted(p.name for p in self.layout.versions_dir.iterdir() if p.is_dir())
 
-    def add(self, staged_dir: Path, digest: str) -> Path:
+    def add(self, staged_dir: Path, digest: str, manifest: Manifest | None = None) -> Path:
         """Move ``staged_dir`` to ``versions/<digest>/`` read-only, atomically; return the path.
 
-        Idempotent: when ``digest`` is already stored the existing tree is kept (it has
-        the same manifest hash) and ``staged_dir`` is removed.
+        ``manifest`` (whose canonical bytes must hash to ``digest``) is written into the
+        tree as MANIFEST.json unless the staged tree already has it. Idempotent: when
+        ``digest`` is already stored the existing tree is kept (it has the same manifest
+        hash) and ``staged_dir`` is removed.
         """
         dest = self.path(digest)
         staged = Path(staged_dir)
@@ -87,9 +74,12 @@ class VersionStore:
             _remove_tree(staged)
             return dest
         try:
-            # Everything read-only before it becomes visible; the top directory last, after
-            # the rename (renaming a directory to a new parent updates its "..").
-            _make_read_only(staged, include_top=False)
+            # Writable top while it moves: a new file may go in, and renaming a directory
+            # to a new parent rewrites its "..". Everything below is read-only already.
+            os.chmod(staged, 0o700)
+            if manifest is not None and not os.path.lexists(staged / MANIFEST_NAME):
+                _write_manifest(staged / MANIFEST_NAME, manifest, digest)
+            _make_read_only(staged)
             os.rename(staged, dest)
         except OSError as exc:
             if exc.errno in (errno.EEXIST, errno.ENOTEMPTY) and dest.is_dir():
@@ -98,29 +88,57 @@ class VersionStore:
             raise StateError(
                 "store_failed", f"cannot store {staged} as {dest}: {exc}", digest=digest
             ) from exc
-        os.chmod(dest, _DIR_MODE)
+        os.chmod(dest, _DIR_MODE)  # read-only; the sandbox user reads plugin code
         _fsync_dir(self.layout.versions_dir)
         return dest
 
-    def verify(self, digest: str, manifest: ManifestLike) -> list[str]:
-        """Every way the stored tree differs from ``manifest``; ``[]`` when intact.
+    def manifest(self, digest: str) -> Manifest:
+        """The stored MANIFEST.json of ``digest``, checked to hash to ``digest``."""
+        path = self.path(digest) / MANIFEST_NAME
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            with os.fdopen(fd, "rb") as fh:
+                data = fh.read(_MAX_MANIFEST_BYTES + 1)
+        except OSError as exc:
+            raise StateError(
+                "manifest_missing", f"version {digest} has no readable {MANIFEST_NAME}: {exc}",
+                digest=digest,
+            ) from exc  # fmt: skip
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != digest:
+            raise StateError(
+                "tampered", f"{path} hashes to {actual}, not to its digest", digest=digest
+            )
+        try:
+            return parse_manifest(data)
+        except PlugvisorError as err:
+            raise StateError("tampered", f"{path} does not parse: {err}", digest=digest) from err
 
-        Checks: every listed file present as a regular file with its size and SHA-256, no
-        unlisted file, no writable file, and MANIFEST.json (when kept) hashing to
-        ``digest``. Symlinks are never followed.
+    def verify(self, digest: str, manifest: Manifest | None = None) -> list[str]:
+        """Every way the stored tree differs from its manifest; ``[]`` when intact.
+
+        Without ``manifest`` the tree's own MANIFEST.json is used (after checking that it
+        hashes to ``digest``). Checks: every listed file present as a regular file with
+        its size and SHA-256, no unlisted file, no writable file. The daemon calls this
+        right before every spawn. Symlinks are never followed.
         """
         root = self.path(digest)
         if not root.is_dir():
             return [f"version {digest} is not in the store ({root})"]
         problems: list[str] = []
-        listed = {entry.path: entry for entry in manifest.files}
-        for rel, entry in sorted(listed.items()):
-            problems.extend(_check_file(root, rel, entry.size, entry.sha256))
-        manifest_file = root / "MANIFEST.json"
+        manifest_file = root / MANIFEST_NAME
         if manifest_file.is_file() and not manifest_file.is_symlink():
             actual = _sha256(manifest_file)
             if actual != digest:
-                problems.append(f"MANIFEST.json: sha256 {actual} is not the digest {digest}")
+                problems.append(f"{MANIFEST_NAME}: sha256 {actual} is not the digest {digest}")
+        if manifest is None:
+            try:
+                manifest = self.manifest(digest)
+            except StateError as err:
+                return problems or [err.message]
+        listed = {entry.path: entry for entry in manifest.files}
+        for rel, entry in sorted(listed.items()):
+            problems.extend(_check_file(root, rel, entry.size, entry.sha256))
         for rel in _walk_files(root):
             if rel not in listed and rel not in CONTROL_FILES:
                 problems.append(f"{rel}: not in the manifest")
@@ -187,8 +205,23 @@ def _walk_files(root: Path) -> list[str]:
     return sorted(out)
 
 
-def _make_read_only(top: Path, *, include_top: bool) -> None:
-    """Files 0o444, directories 0o555, bottom-up; refuses anything else (symlinks, FIFOs)."""
+def _write_manifest(path: Path, manifest: Manifest, digest: str) -> None:
+    data = manifest.to_bytes()
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != digest:
+        raise StateError(
+            "digest_mismatch", f"the manifest hashes to {actual}, not to digest {digest}",
+            digest=digest,
+        )  # fmt: skip
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _make_read_only(top: Path) -> None:
+    """Files 0o444, directories below ``top`` 0o555; refuses symlinks and special files."""
     for dirpath, dirnames, filenames in os.walk(top, topdown=False, followlinks=False):
         base = Path(dirpath)
         for name in filenames:
@@ -206,6 +239,4 @@ def _make_read_only(top: Path, *, include_top: bool) -> None:
                 raise StateError(
                     "not_regular", f"{path} is a symlink; refusing to store it", path=str(path)
                 )
-            os.chmod(path, _DIR_MODE)
-    if include_top:
-        os.chmod(top, _DIR_MODE)
+            os.chmod(path, _DIR_MODE)  # read-only, for the sandbox user

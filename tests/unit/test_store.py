@@ -92,6 +92,41 @@ def test_add_moves_the_tree_read_only_and_verify_is_clean(layout: StateLayout) -
     assert store.digests() == [digest]
 
 
+def test_add_writes_the_manifest_and_verify_can_use_the_stored_one(layout: StateLayout) -> None:
+    store = VersionStore(layout)
+    staged, manifest, digest = stage(layout)
+    (staged / "MANIFEST.json").unlink()  # extract_archive does not keep it
+    path = store.add(staged, digest, manifest)
+    assert (path / "MANIFEST.json").read_bytes() == manifest.to_bytes()
+    assert store.manifest(digest) == manifest
+    assert store.verify(digest) == []
+    os.chmod(path / "p" / "__init__.py", 0o644)
+    (path / "p" / "__init__.py").write_bytes(b"evil = True\n")
+    assert any(p.startswith("p/__init__.py:") for p in store.verify(digest))
+
+
+def test_add_refuses_a_manifest_that_does_not_hash_to_the_digest(layout: StateLayout) -> None:
+    store = VersionStore(layout)
+    staged, manifest, _ = stage(layout)
+    (staged / "MANIFEST.json").unlink()
+    with pytest.raises(StateError) as info:
+        store.add(staged, "0" * 64, manifest)
+    assert info.value.code == "state.digest_mismatch"
+    assert not store.exists("0" * 64)
+
+
+def test_a_tampered_stored_manifest_is_refused(layout: StateLayout) -> None:
+    store = VersionStore(layout)
+    staged, _, digest = stage(layout)
+    path = store.add(staged, digest)
+    os.chmod(path / "MANIFEST.json", 0o644)
+    (path / "MANIFEST.json").write_bytes(b'{"name":"p","version":"1.0.0","files":[]}')
+    with pytest.raises(StateError) as info:
+        store.manifest(digest)
+    assert info.value.code == "state.tampered"
+    assert store.verify(digest)[0].startswith("MANIFEST.json: sha256")
+
+
 def test_add_of_a_stored_digest_keeps_the_existing_tree(layout: StateLayout) -> None:
     store = VersionStore(layout)
     staged, _, digest = stage(layout)
