@@ -24,12 +24,15 @@ __all__ = ["cli", "main"]
 #: imported only when that command runs, so ``plugvisor call`` does not pay for
 #: importing Celery or Flask, and ``--help`` imports nothing.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "call": ("plugvisor.cli.daemon:call", "Call a plugin through the daemon."),
     "config": ("plugvisor.cli.config:config", "Show every setting and its value."),
+    "daemon": ("plugvisor.cli.daemon:daemon", "Run the supervisor daemon (foreground)."),
     "install": ("plugvisor.cli.install:install", "Validate and install a signed archive."),
     "keys": ("plugvisor.cli.keys:keys", "Generate, trust and list signing keys."),
     "pack": ("plugvisor.cli.package:pack", "Pack and sign a plugin directory."),
     "status": ("plugvisor.cli.install:status", "List plugins and their versions."),
     "verify": ("plugvisor.cli.package:verify", "Check an archive and print every check."),
+    "worker": ("plugvisor.cli.worker:worker", "Run a Celery worker for upload/scan/audit jobs."),
 }
 
 

@@ -1,0 +1,38 @@
+"""``plugvisor worker``: run a Celery worker for the job queue (upload, scan, audit, review)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from plugvisor.cli.context import CliContext, pass_cli
+from plugvisor.core.log import configure_logging
+
+__all__ = ["worker"]
+
+
+@click.command()
+@click.option(
+    "-c",
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Tasks run at once (default: half the cores, at least 1).",
+)
+@click.option(
+    "--pool",
+    type=click.Choice(["prefork", "solo"]),
+    default="prefork",
+    show_default=True,
+    help="prefork runs tasks in child processes (hard time limits work); solo in this one.",
+)
+@click.option("-n", "--hostname", default=None, help="Worker node name (default celery@HOST).")
+@pass_cli
+def worker(ctx: CliContext, concurrency: int | None, pool: str, hostname: str | None) -> None:
+    """Run a worker: consumes jobs from the broker the settings select, until stopped."""
+    from plugvisor.workers.app import run_worker  # noqa: PLC0415 -- Celery only when needed
+
+    settings = ctx.settings
+    configure_logging(settings.log_level, settings.log_format, component="worker")
+    sys.exit(run_worker(settings, concurrency=concurrency, pool=pool, hostname=hostname))

@@ -1,0 +1,253 @@
+"""The Celery application factory: one broker setting, reliability settings chosen on purpose.
+
+``settings.broker_url`` empty means the embedded broker: kombu's SQLAlchemy transport on
+``<state>/broker.sqlite`` with results in ``<state>/results.sqlite`` (nothing to install;
+queued jobs survive a restart because they are rows in a file). Otherwise it is the given
+URL (``amqp://`` RabbitMQ in production) with ``settings.result_backend`` or the same
+SQLite results file. The same tasks and pipelines run on both.
+
+There is no module-level app: :func:`make_celery` builds one per settings object (the API
+and the CLI call :func:`get_app`, which caches it), and ``celery -A
+plugvisor.workers.app`` finds ``app`` through a lazy module ``__getattr__`` built from
+:func:`~plugvisor.core.config.load_settings` (environment and config file).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+import kombu.transport.sqlalchemy
+from celery import Celery
+from celery.signals import worker_process_init, worker_ready
+
+from plugvisor.core.config import Settings, load_settings
+from plugvisor.core.errors import ConfigError, PlugvisorError
+from plugvisor.core.log import configure_logging, get_logger
+from plugvisor.state.layout import StateLayout
+
+__all__ = [
+    "JOB_QUEUE",
+    "PlugvisorCelery",
+    "broker_urls",
+    "default_concurrency",
+    "get_app",
+    "make_celery",
+    "run_worker",
+]
+
+#: The queue every job task goes to (the control plane uses its own, ``plugvisor.control``).
+JOB_QUEUE = "plugvisor.jobs"
+
+
+class PlugvisorCelery(Celery):  # type: ignore[misc]  # celery ships no type hints
+    """A Celery app that carries the :class:`Settings` it was built from (tasks read them)."""
+
+    settings: Settings
+
+
+def broker_urls(settings: Settings) -> tuple[str, str]:
+    """``(broker_url, result_backend)`` that ``settings`` select."""
+    layout = StateLayout(settings.state_dir)
+    sqlite_results = f"db+sqlite:///{layout.results_db}"
+    if settings.embedded_broker:
+        return f"sqla+sqlite:///{layout.broker_db}", settings.result_backend or sqlite_results
+    return settings.broker_url, settings.result_backend or sqlite_results
+
+
+def make_celery(settings: Settings) -> PlugvisorCelery:
+    """Build the Celery app for ``settings`` with every job task registered."""
+    broker, backend = broker_urls(settings)
+    if settings.embedded_broker or backend.startswith("db+sqlite"):
+        StateLayout(settings.state_dir).ensure()  # the SQLite files live in the state dir
+    app = PlugvisorCelery("plugvisor", broker=broker, backend=backend, set_as_current=False)
+    app.settings = settings
+    hard = float(settings.job_time_limit_s)
+    conf: dict[str, Any] = {
+        # JSON only: a pickle payload from the broker would be code execution in the worker.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        # Acknowledge after the task ran, not when it was received: a worker killed
+        # mid-task leaves the message to be delivered again. This is why every task is
+        # idempotent (jobs.py: steps keyed by job id + step name, skipped when done).
+        "task_acks_late": True,
+        # A pool child killed by a signal or the OOM killer counts as "not done": the
+        # message is requeued instead of acknowledged as failed.
+        "task_reject_on_worker_lost": True,
+        # Reserve one message per pool process: with late acks a prefetched message
+        # is invisible to other workers while this one is busy with a long scan.
+        "worker_prefetch_multiplier": 1,
+        # Hard limit kills the pool child; the soft limit before it raises inside the
+        # task so the step records job.time_limit instead of leaving the job "running".
+        "task_time_limit": hard,
+        "task_soft_time_limit": max(1.0, hard * 0.9),
+        # A worker started before the broker (systemd ordering, RabbitMQ restarting)
+        # waits for it instead of exiting.
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_retry": True,
+        "broker_connection_max_retries": None,
+        # Publishing from the API/CLI must not hang: bounded retries, then an error.
+        "task_publish_retry": True,
+        "task_publish_retry_policy": {
+            "max_retries": 5,
+            "interval_start": 0.1,
+            "interval_step": 0.5,
+            "interval_max": 2.0,
+        },
+        # With late acks, a task still running when the broker connection is lost will
+        # be redelivered; cancelling it avoids two copies running side by side.
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # STARTED state and task name/args in the result backend, for operators; the
+        # job record stays the source of truth that the API reports.
+        "task_track_started": True,
+        "result_extended": True,
+        "result_expires": 7 * 24 * 3600,
+        "task_default_queue": JOB_QUEUE,
+        "task_default_exchange": JOB_QUEUE,
+        "task_default_routing_key": JOB_QUEUE,
+        # Messages are written to disk by RabbitMQ (persistent delivery mode).
+        "task_default_delivery_mode": "persistent",
+        # Our structured logging owns the root logger (configure_logging per process).
+        "worker_hijack_root_logger": False,
+        "worker_redirect_stdouts": False,
+        "worker_send_task_events": False,
+        "enable_utc": True,
+        "timezone": "UTC",
+    }
+    if settings.embedded_broker:
+        # Visibility: the SQLAlchemy transport has no visibility timeout (unlike Redis or
+        # SQS, where an unacked message reappears after visibility_timeout and a long task
+        # runs twice: the Redis "visibility trap"). It marks a delivered row invisible and
+        # requeues unacked messages when the worker shuts down or a pool child is lost.
+        # Only a hard kill of the worker's *main* process strands its one in-flight
+        # message (prefetch 1); recover_stale_jobs() at worker start re-enqueues such
+        # jobs from their records. AMQP has no visibility timeout either: RabbitMQ
+        # redelivers on channel close, and its consumer_timeout (30 min default) is far
+        # above task_time_limit.
+        conf["broker_transport_options"] = {
+            # kombu hands every transport option to create_engine(); only engine
+            # arguments belong here (polling_interval would raise TypeError, see below).
+            "connect_args": {"timeout": 30.0},
+        }
+        # No fanout on this transport: remote control, mingle and gossip need it.
+        conf["worker_enable_remote_control"] = False
+        _set_sqlalchemy_polling(settings.broker_polling_interval)
+    app.conf.update(conf)
+    from plugvisor.workers.tasks import register_tasks  # noqa: PLC0415 -- tasks import app
+
+    register_tasks(app)
+    return app
+
+
+def _set_sqlalchemy_polling(interval: float) -> None:
+    """Poll interval of kombu's SQLAlchemy transport (a class attribute: process-wide).
+
+    The transport reads ``polling_interval`` from its class, and passing it as a
+    transport option would reach ``create_engine()`` and fail; one process serves one
+    state directory, so a process-wide value is the right scope. Short intervals cost
+    idle CPU (~6% at 0.05 s on this machine), long ones add latency to every job step.
+    """
+    kombu.transport.sqlalchemy.Transport.polling_interval = interval
+
+
+_apps: dict[Settings, PlugvisorCelery] = {}
+_apps_lock = threading.Lock()
+
+
+def get_app(settings: Settings) -> PlugvisorCelery:
+    """The cached app for ``settings`` (one per settings object per process)."""
+    with _apps_lock:
+        app = _apps.get(settings)
+        if app is None:
+            app = _apps[settings] = make_celery(settings)
+        return app
+
+
+#: Settings of the worker this process runs (set by run_worker before pool children fork).
+_worker_settings: Settings | None = None
+
+
+def default_concurrency() -> int:
+    """Pool size when none is given: half the cores, at least one (1 on 2 cores).
+
+    Scans are CPU-bound and the daemon's plugin processes need the other half.
+    """
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+def run_worker(
+    settings: Settings,
+    *,
+    concurrency: int | None = None,
+    pool: str = "prefork",
+    hostname: str | None = None,
+) -> int:
+    """Run a Celery worker for ``settings`` in this process until it is stopped; exit code.
+
+    ``prefork`` (default) runs tasks in child processes, which is what makes the hard
+    time limit enforceable (the child is killed); ``solo`` runs them in this process
+    (no hard limit; for debugging).
+    """
+    global _worker_settings  # noqa: PLW0603 -- read by pool children after fork
+    if pool not in ("prefork", "solo"):
+        raise ConfigError("invalid_value", f"pool must be prefork or solo, not {pool!r}",
+                          setting="pool")  # fmt: skip
+    _worker_settings = settings
+    from plugvisor.workers.scanner import warm_up  # noqa: PLC0415
+
+    warm_up()  # before the pool forks: children inherit Bandit already loaded
+    app = get_app(settings)
+    worker = app.Worker(
+        concurrency=concurrency or default_concurrency(),
+        pool_cls=pool,
+        hostname=hostname,
+        queues=[JOB_QUEUE],
+        loglevel=settings.log_level.upper(),
+        # No fanout on the embedded broker; on AMQP, the cluster-sync chatter is not
+        # needed either (workers share nothing but the broker and the registry).
+        without_mingle=True,
+        without_gossip=True,
+        without_heartbeat=settings.embedded_broker,
+        optimization="fair",
+    )
+    worker.start()
+    return int(getattr(worker, "exitcode", 0) or 0)
+
+
+def _init_worker_process(**_: Any) -> None:
+    """Each pool process logs as the worker component and has Bandit warm for scans."""
+    from plugvisor.workers.scanner import warm_up  # noqa: PLC0415
+
+    settings = _worker_settings or load_settings()
+    configure_logging(settings.log_level, settings.log_format, component="worker")
+    warm_up()
+
+
+def _on_worker_ready(sender: Any = None, **_: Any) -> None:
+    """On the embedded broker, re-enqueue jobs stranded by a hard-killed worker."""
+    app = getattr(sender, "app", None)
+    settings = getattr(app, "settings", None)
+    if not isinstance(settings, Settings) or not settings.embedded_broker:
+        return
+    from plugvisor.workers.pipelines import recover_stale_jobs  # noqa: PLC0415
+
+    try:
+        recover_stale_jobs(settings)
+    except PlugvisorError as err:
+        # Recovery is best effort at start-up; the worker still serves new jobs.
+        get_logger(__name__).error("job.recovery_failed", error=str(err))
+
+
+# Strong references: the handlers live as long as the module (Celery holds weak ones).
+worker_process_init.connect(_init_worker_process, weak=False)
+worker_ready.connect(_on_worker_ready, weak=False)
+
+
+def __getattr__(name: str) -> Any:
+    """``app``/``celery`` for ``celery -A plugvisor.workers.app``, built on first access."""
+    if name in ("app", "celery"):
+        return get_app(load_settings())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
