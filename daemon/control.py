@@ -1,0 +1,311 @@
+"""The control plane: commands to the daemon and state-change events, over kombu.
+
+Same broker setting as Celery: ``settings.broker_url`` (``amqp://`` for RabbitMQ);
+empty means the embedded SQLite broker ``sqla+sqlite:///<state>/broker.sqlite`` through
+kombu's SQLAlchemy transport, whose poll interval is the class attribute
+``kombu.transport.sqlalchemy.Transport.polling_interval`` (a ``polling_interval``
+transport option would reach ``create_engine()`` and raise ``TypeError``).
+
+Commands: ``{"id", "kind": activate|rollback|disable|enable|status, "params"}`` published
+to the durable queue ``plugvisor.control`` (direct exchange ``plugvisor.control``,
+routing key ``command``) with ``reply_to`` and ``correlation_id``. The daemon's consumer
+thread records each command (``Registry.record_command``; a repeated id is answered from
+the record, so redelivery is harmless), applies it, stores the outcome
+(``finish_command``), acks only then, and publishes the outcome
+``{"id", "ok": true, "result"}`` / ``{"id", "ok": false, "error"}`` to ``reply_to``.
+
+Events (``plugin, kind, from, to, outcome, reason``) go to the fanout exchange
+``plugvisor.events``. The daemon binds the durable queue ``plugvisor.events`` to it so
+events outlive a subscriber's absence (virtual transports such as the SQLite one route
+by bindings known to the publishing process only, so a queue bound by the daemon is the
+one reliable subscription there); on RabbitMQ the queue is capped at 10,000 messages and
+other subscribers bind their own queues.
+
+Fleet seam (SPEC §8): a per-host queue bound to a fanout command exchange would let
+every host's daemon receive each command and acknowledge it per host; the message shape
+and the idempotent command record already allow it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from plugvisor.core.config import Settings
+from plugvisor.core.errors import ApiError, JobError, PlugvisorError, error_from_dict
+from plugvisor.core.log import get_logger
+from plugvisor.state.layout import StateLayout
+from plugvisor.state.registry import Registry
+
+__all__ = [
+    "COMMAND_KINDS",
+    "CONTROL_QUEUE",
+    "EVENTS_EXCHANGE",
+    "ControlPlane",
+    "broker_url",
+    "connect",
+    "outcome_result",
+    "send_command",
+]
+
+_log = get_logger("plugvisor.daemon.control")
+
+# kombu ships no type information: its classes are used as Any here, in one place.
+_kombu: Any = importlib.import_module("kombu")
+Connection: Any = _kombu.Connection
+Consumer: Any = _kombu.Consumer
+Exchange: Any = _kombu.Exchange
+Producer: Any = _kombu.Producer
+Queue: Any = _kombu.Queue
+
+CONTROL_QUEUE = "plugvisor.control"
+EVENTS_EXCHANGE = "plugvisor.events"
+COMMAND_KINDS = frozenset({"activate", "rollback", "disable", "enable", "status"})
+
+_control_exchange = Exchange(CONTROL_QUEUE, type="direct", durable=True)
+_control_queue = Queue(
+    CONTROL_QUEUE, _control_exchange, routing_key="command", durable=True
+)  # fmt: skip
+_events_exchange = Exchange(EVENTS_EXCHANGE, type="fanout", durable=True)
+_events_queue = Queue(
+    EVENTS_EXCHANGE, _events_exchange, durable=True, queue_arguments={"x-max-length": 10000}
+)
+
+#: ``(kind, params) -> result``; raises a PlugvisorError to fail the command.
+CommandHandler = Callable[[str, Mapping[str, Any]], Any]
+
+
+def broker_url(settings: Settings) -> str:
+    """The broker URL: ``settings.broker_url`` or the embedded SQLite broker."""
+    if settings.broker_url:
+        return settings.broker_url
+    return f"sqla+sqlite:///{StateLayout(Path(settings.state_dir)).broker_db}"
+
+
+def connect(settings: Settings) -> Any:
+    """A kombu connection to the configured broker (not yet connected)."""
+    url = broker_url(settings)
+    if url.startswith("sqla+"):
+        from kombu.transport import sqlalchemy as sqla_transport  # noqa: PLC0415 -- only here
+
+        # The one way to set it: a transport option would reach create_engine().
+        sqla_transport.Transport.polling_interval = settings.broker_polling_interval
+    return Connection(url, connect_timeout=5)
+
+
+def outcome_result(outcome: Mapping[str, Any]) -> Any:
+    """The result of a command outcome, or raise the typed error it carries."""
+    if outcome.get("ok"):
+        return outcome.get("result")
+    err = outcome.get("error")
+    raise error_from_dict(dict(err) if isinstance(err, Mapping) else {"code": "job.failed"})
+
+
+def send_command(
+    settings: Settings,
+    kind: str,
+    params: Mapping[str, Any] | None = None,
+    timeout: float = 30.0,
+    command_id: str | None = None,
+) -> dict[str, Any]:
+    """Send one command to the daemon and wait for its outcome ``{"id", "ok", ...}``.
+
+    Re-sending with the same ``command_id`` is safe: the daemon answers a repeated id
+    from its record. Raises ``JobError("timeout")`` when no outcome arrives in time.
+    """
+    if kind not in COMMAND_KINDS:
+        raise ApiError("invalid_command", f"command kind {kind!r} is not one of "
+                       f"{sorted(COMMAND_KINDS)}", kind=kind)  # fmt: skip
+    cid = command_id or uuid.uuid4().hex
+    reply = Queue(f"plugvisor.reply.{cid}", durable=False, auto_delete=True)
+    got: dict[str, Any] = {}
+
+    def on_reply(body: Any, message: Any) -> None:
+        message.ack()
+        if message.properties.get("correlation_id") == cid and isinstance(body, dict):
+            got.update(body)
+
+    deadline = time.monotonic() + timeout
+    with connect(settings) as conn:
+        conn.ensure_connection(max_retries=3, timeout=min(5.0, timeout))
+        channel = conn.channel()
+        try:
+            reply(channel).declare()
+            Producer(channel).publish(
+                {"id": cid, "kind": kind, "params": dict(params or {})},
+                exchange=_control_exchange, routing_key="command", declare=[_control_queue],
+                reply_to=reply.name, correlation_id=cid, serializer="json", delivery_mode=2,
+            )  # fmt: skip
+            with Consumer(channel, queues=[reply], callbacks=[on_reply], accept=["json"]):
+                while not got:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise JobError(
+                            "timeout", f"no outcome for {kind} command {cid} within {timeout} s "
+                            "(is the daemon running?)", command_id=cid,
+                        )  # fmt: skip
+                    try:
+                        conn.drain_events(timeout=min(remaining, 1.0))
+                    except TimeoutError:
+                        continue
+        finally:
+            try:
+                reply(channel).delete()
+            except conn.connection_errors + conn.channel_errors as exc:
+                _log.debug("reply_queue_delete_failed", error=str(exc))
+            channel.close()
+    return got
+
+
+class ControlPlane:
+    """The daemon's consumer thread on ``plugvisor.control`` and its event publisher."""
+
+    def __init__(self, settings: Settings, registry: Registry, handler: CommandHandler) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.handler = handler
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pub_lock = threading.Lock()
+        self._pub_conn: Any = None
+        self.connected = threading.Event()
+
+    # ---- consumer ------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="control-plane", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                self._consume()
+                backoff = 0.5
+            except _CONN_ERRORS as exc:
+                self.connected.clear()
+                _log.warning("control_plane_disconnected", error=str(exc), retry_in_s=backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    def _consume(self) -> None:
+        with connect(self.settings) as conn:
+            conn.ensure_connection(max_retries=1, timeout=5)
+            channel = conn.channel()
+            _events_queue(channel).declare()
+            consumer = Consumer(
+                channel, queues=[_control_queue], callbacks=[self._on_message],
+                accept=["json"], prefetch_count=1,
+            )  # fmt: skip
+            with consumer:
+                self.connected.set()
+                _log.info("control_plane_ready", broker=_redact(broker_url(self.settings)))
+                while not self._stop.is_set():
+                    try:
+                        conn.drain_events(timeout=0.5)
+                    except TimeoutError:
+                        continue
+                    except socket.timeout:  # noqa: UP041 -- older transports raise this alias
+                        continue
+
+    def _on_message(self, body: Any, message: Any) -> None:
+        props = message.properties
+        cid = str(body.get("id") or props.get("correlation_id") or "") if isinstance(
+            body, dict) else ""  # fmt: skip
+        outcome: dict[str, Any]
+        if not isinstance(body, dict) or not cid or body.get("kind") not in COMMAND_KINDS:
+            err = ApiError("invalid_command", "a command needs an id and a kind in "
+                           f"{sorted(COMMAND_KINDS)}")  # fmt: skip
+            outcome = {"id": cid, "ok": False, "error": err.to_dict()}
+        else:
+            kind = str(body["kind"])
+            params = body.get("params") or {}
+            prior = self.registry.record_command(cid, kind, params)
+            if prior is not None:
+                outcome = prior
+                _log.info("control_command_repeated", id=cid, kind=kind)
+            else:
+                outcome = self._apply(cid, kind, params if isinstance(params, dict) else {})
+                self.registry.finish_command(cid, outcome)
+        message.ack()  # only now: the outcome is recorded
+        reply_to = props.get("reply_to")
+        if reply_to:
+            Producer(message.channel).publish(
+                outcome, exchange="", routing_key=reply_to, correlation_id=cid,
+                serializer="json", retry=True, retry_policy={"max_retries": 3},
+            )  # fmt: skip
+
+    def _apply(self, cid: str, kind: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        try:
+            result = self.handler(kind, params)
+        except PlugvisorError as exc:
+            _log.warning("control_command_failed", id=cid, kind=kind, code=exc.code,
+                         error=exc.message)  # fmt: skip
+            return {"id": cid, "ok": False, "error": exc.to_dict()}
+        _log.info("control_command_applied", id=cid, kind=kind,
+                  ms=round((time.perf_counter() - t0) * 1000, 3))  # fmt: skip
+        return {"id": cid, "ok": True, "result": result}
+
+    # ---- events --------------------------------------------------------------------------
+    def publish_event(self, event: Mapping[str, Any]) -> None:
+        """Publish one event to the fanout exchange (thread-safe; errors are logged)."""
+        with self._pub_lock:
+            try:
+                if self._pub_conn is None:
+                    self._pub_conn = connect(self.settings)
+                    self._pub_conn.ensure_connection(max_retries=1, timeout=5)
+                Producer(self._pub_conn.default_channel).publish(
+                    dict(event), exchange=_events_exchange, routing_key="",
+                    declare=[_events_queue], serializer="json", retry=True,
+                    retry_policy={"max_retries": 2},
+                )  # fmt: skip
+            except _CONN_ERRORS as exc:
+                _log.warning("event_publish_failed", error=str(exc), kind=event.get("kind"))
+                if self._pub_conn is not None:
+                    self._pub_conn.release()
+                    self._pub_conn = None
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+        with self._pub_lock:
+            if self._pub_conn is not None:
+                self._pub_conn.release()
+                self._pub_conn = None
+
+
+def _connection_errors() -> tuple[type[Exception], ...]:
+    """OSError plus kombu's and the transports' own error classes."""
+    from kombu.exceptions import KombuError, OperationalError  # noqa: PLC0415
+
+    extra: list[type[Exception]] = [OSError, KombuError, OperationalError]
+    try:
+        from sqlalchemy.exc import SQLAlchemyError  # noqa: PLC0415
+
+        extra.append(SQLAlchemyError)
+    except ImportError:
+        pass
+    try:
+        import amqp  # noqa: PLC0415
+
+        extra.append(amqp.exceptions.AMQPError)
+    except ImportError:
+        pass
+    return tuple(extra)
+
+
+_CONN_ERRORS = _connection_errors()
+
+
+def _redact(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.split("@", 1)[1]
+    return scheme + sep + rest

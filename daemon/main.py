@@ -1,0 +1,236 @@
+"""``plugvisor daemon``: wire the supervisor together, run until SIGTERM.
+
+Start-up order: state tree → ``run/daemon.pid`` → registry → sandbox template →
+every active version started in dependency order (files re-verified before each
+spawn) → call socket → control-plane consumer → metrics endpoint → ``READY=1``
+(and ``WATCHDOG=1`` pings when systemd asks for them).
+
+Signals: SIGTERM/SIGINT stop accepting calls, drain calls in progress
+(``drain_timeout_s``), stop every plugin host, remove the pid file and the socket, exit
+0. SIGHUP re-reads the settings: log level/format, crash and watch thresholds, back-off
+and drain limits take effect at once; pool sizes apply to pools started afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from plugvisor.core.config import Settings
+from plugvisor.core.errors import ApiError, PlugvisorError, StateError
+from plugvisor.core.log import configure_logging, get_logger
+from plugvisor.daemon.callserver import CallServer
+from plugvisor.daemon.control import ControlPlane
+from plugvisor.daemon.metrics import DaemonMetrics
+from plugvisor.daemon.notify import Notifier
+from plugvisor.daemon.sandbox import Spawner
+from plugvisor.daemon.sandbox.violations import ViolationTracker
+from plugvisor.daemon.supervisor import Supervisor
+from plugvisor.daemon.swap import SwapEngine
+from plugvisor.state.layout import StateLayout
+from plugvisor.state.registry import Registry
+from plugvisor.state.security_log import SecurityLog
+from plugvisor.state.store import VersionStore
+
+__all__ = ["Daemon", "run_daemon"]
+
+_log = get_logger("plugvisor.daemon")
+
+
+class Daemon:
+    """One daemon process: its parts, started and stopped in order."""
+
+    def __init__(self, settings: Settings, reload: Callable[[], Settings] | None = None) -> None:
+        self.settings = settings
+        self._reload = reload
+        self.layout = StateLayout(Path(settings.state_dir))
+        self.stop_requested = threading.Event()
+        self.hup_requested = threading.Event()
+        self.notifier = Notifier()
+        self.metrics = DaemonMetrics()
+        self.registry: Registry | None = None
+        self.spawner: Any = None
+        self.supervisor: Supervisor | None = None
+        self.swap: SwapEngine | None = None
+        self.calls: CallServer | None = None
+        self.control: ControlPlane | None = None
+        self.tracker: ViolationTracker | None = None
+
+    # ---- start ----------------------------------------------------------------------------
+    def start(self) -> None:
+        s = self.settings
+        self.layout.ensure()
+        self._write_pid()
+        self.registry = Registry(self.layout)
+        security_log = SecurityLog(self.layout.security_log)
+        self.tracker = ViolationTracker(
+            threshold=s.violation_threshold, window_s=s.violation_window_s,
+            on_trip=self._violations_tripped,
+        )  # fmt: skip
+        self.spawner = Spawner(s, security_log=security_log, on_violation=self._on_violation)
+        self.spawner.start()
+        sup = self.supervisor = Supervisor(
+            s, self.layout, self.registry, VersionStore(self.layout), self.spawner,
+            metrics=self.metrics,
+        )  # fmt: skip
+        self.swap = SwapEngine(sup)
+        started = sup.start_all()
+        sup.start_monitor()
+        self.calls = CallServer(self.layout.daemon_socket, sup.dispatch)
+        self.calls.start()
+        self.control = ControlPlane(s, self.registry, self.handle_command)
+        sup.sinks.append(self.control.publish_event)
+        self.control.start()
+        port = self.metrics.serve(s.metrics_addr, s.metrics_port)
+        status = f"{sum(v == 'active' for v in started.values())}/{len(started)} plugins running"
+        self.notifier.ready(status)
+        self.notifier.start_watchdog(sup.healthy)
+        _log.info(
+            "daemon_ready", pid=os.getpid(), socket=str(self.layout.daemon_socket),
+            plugins=started, metrics_port=port,
+        )  # fmt: skip
+
+    def _write_pid(self) -> None:
+        pid_path = self.layout.daemon_pid
+        try:
+            other = int(pid_path.read_text().strip())
+        except (OSError, ValueError):
+            other = 0
+        if other and other != os.getpid() and _is_daemon(other):
+            raise StateError(
+                "daemon_running", f"a daemon (pid {other}) already runs for {self.layout.root}",
+                pid=other,
+            )  # fmt: skip
+        tmp = pid_path.with_name(f".daemon.pid.{os.getpid()}")
+        tmp.write_text(f"{os.getpid()}\n")
+        os.replace(tmp, pid_path)
+
+    # ---- callbacks ------------------------------------------------------------------------
+    def _on_violation(self, plugin: str, version: str, kind: str, detail: str) -> None:
+        if self.supervisor is not None:
+            self.supervisor.violation(plugin, version, kind, detail)
+        if self.tracker is not None:
+            self.tracker.record(plugin, version, kind, detail)
+
+    def _violations_tripped(self, plugin: str, reason: str) -> None:
+        if self.supervisor is not None:
+            threading.Thread(
+                target=self.supervisor.disable, args=(plugin, reason, "violations"), daemon=True
+            ).start()
+
+    def handle_command(self, kind: str, params: Mapping[str, Any]) -> Any:
+        """Apply one control-plane command (called on the control-plane thread)."""
+        sup, swap = self.supervisor, self.swap
+        assert sup is not None and swap is not None
+        if kind == "status":
+            return {"pid": os.getpid(), "plugins": sup.status()}
+        name = params.get("name")
+        if not isinstance(name, str) or not name:
+            raise ApiError("missing_field", f"{kind} needs params.name", field="name")
+        version = params.get("version")
+        if version is not None and not isinstance(version, str):
+            raise ApiError("invalid_field", "params.version must be a string", field="version")
+        if kind == "activate":
+            if not version:
+                raise ApiError("missing_field", "activate needs params.version", field="version")
+            return swap.activate(name, version)
+        if kind == "rollback":
+            return swap.rollback(name, version)
+        if kind == "disable":
+            reason = str(params.get("reason") or "disabled by an operator")
+            return sup.disable(name, reason, source="command")
+        if kind == "enable":
+            return sup.enable(name)
+        raise ApiError("invalid_command", f"unknown command kind {kind!r}", kind=kind)
+
+    # ---- run / stop -----------------------------------------------------------------------
+    def run(self) -> None:
+        """Block until SIGTERM/SIGINT; apply SIGHUP reloads meanwhile."""
+        while not self.stop_requested.is_set():
+            self.stop_requested.wait(0.5)
+            if self.hup_requested.is_set():
+                self.hup_requested.clear()
+                self.reload()
+
+    def reload(self) -> None:
+        if self._reload is None:
+            return
+        try:
+            new = self._reload()
+        except PlugvisorError as exc:
+            _log.error("reload_failed", error=str(exc))
+            return
+        self.settings = new
+        configure_logging(new.log_level, new.log_format, component="daemon")
+        if self.supervisor is not None:
+            self.supervisor.settings = new
+        if self.tracker is not None:
+            self.tracker.threshold = new.violation_threshold
+            self.tracker.window_s = new.violation_window_s
+        _log.info("settings_reloaded")
+
+    def stop(self) -> None:
+        """Graceful stop: no new calls, drain, stop plugins, clean up run/."""
+        t0 = time.monotonic()
+        drain = self.settings.drain_timeout_s
+        self.notifier.stopping()
+        if self.calls is not None:
+            self.calls.stop_accepting()
+        if self.control is not None:
+            self.control.stop()
+        if self.calls is not None:
+            self.calls.drain(drain)
+        if self.supervisor is not None:
+            self.supervisor.shutdown(drain_timeout=min(drain, 5.0))
+        if self.spawner is not None:
+            self.spawner.close()
+        self.metrics.close()
+        self.notifier.close()
+        if self.registry is not None:
+            self.registry.close()
+        for path in (self.layout.daemon_pid, self.layout.daemon_socket):
+            with contextlib.suppress(FileNotFoundError):
+                if path == self.layout.daemon_pid and path.read_text().strip() != str(os.getpid()):
+                    continue  # not ours any more
+                path.unlink()
+        _log.info("daemon_stopped", took_s=round(time.monotonic() - t0, 3))
+
+
+def _is_daemon(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"plugvisor" in cmdline and b"daemon" in cmdline
+
+
+def run_daemon(settings: Settings, reload: Callable[[], Settings] | None = None) -> int:
+    """Run the daemon in this process until SIGTERM; return the exit code."""
+    configure_logging(settings.log_level, settings.log_format, component="daemon")
+    daemon = Daemon(settings, reload)
+
+    def on_term(signum: int, _frame: FrameType | None) -> None:
+        daemon.stop_requested.set()
+
+    def on_hup(_signum: int, _frame: FrameType | None) -> None:
+        daemon.hup_requested.set()
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    signal.signal(signal.SIGHUP, on_hup)
+    try:
+        daemon.start()
+        daemon.run()
+    except PlugvisorError as exc:
+        _log.error("daemon_failed", code=exc.code, error=exc.message)
+        daemon.stop()
+        raise
+    daemon.stop()
+    return 0

@@ -1,0 +1,167 @@
+"""Blue/green version swaps per plugin: activate, rollback, and the automatic swap back.
+
+One swap of plugin ``name`` to ``version`` (serialised per plugin by the slot's lock):
+
+1. re-check dependencies (``Registry.check_dependencies``): refuse naming each conflict;
+2. verify the version's files and start a new pool: first host spawned, ``setup()``
+   run and ``health()`` true within ``swap_health_timeout_s`` — on failure nothing has
+   changed and the command fails with the reason;
+3. ``Registry.activate`` (one transaction): from here a restart runs the new version;
+4. flip the routing pointer (one reference swap under the route lock): new calls go to
+   the new hosts; callers queued on the old pool move over;
+5. retire the old pool in the background: in-flight calls finish (``drain_timeout_s``),
+   then its hosts stop.
+
+Crash safety follows from the order: the registry changes only after the new host is
+healthy, and at start-up the registry's active version is what runs, so a ``kill -9``
+at any instant leaves exactly one active version and a live side rebuilt from it.
+
+After a swap a :class:`~plugvisor.daemon.supervisor.Watch` counts the new version's
+errors and violations for ``watch_window_s``; reaching ``watch_error_threshold`` swaps
+back to the previous version by the same mechanics and records the reason.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from plugvisor.core.errors import ConflictError, DependencyError, PlugvisorError, SandboxError
+from plugvisor.core.log import get_logger
+from plugvisor.daemon.supervisor import PluginSlot, SlotState, Supervisor, Watch
+
+__all__ = ["SwapEngine"]
+
+_log = get_logger("plugvisor.daemon.swap")
+
+
+class SwapEngine:
+    """Applies activate / rollback to the live side and the registry, in a crash-safe order."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.sup = supervisor
+        supervisor.on_watch_tripped = self._watch_tripped
+
+    def activate(
+        self, name: str, version: str, *, kind: str = "activate", watch: bool = True
+    ) -> dict[str, Any]:
+        """Swap ``name`` to ``version``; return the outcome (``swapped`` or ``kept``)."""
+        sup = self.sup
+        reg = sup.registry
+        version = str(version)
+        slot = sup.slot(name, create=True)
+        assert slot is not None
+        with slot.swap_lock:
+            t0 = time.perf_counter()
+            plugin = reg.get_plugin(name)
+            if plugin.disabled:
+                raise ConflictError(
+                    "plugin_disabled",
+                    f"{name} is disabled ({plugin.disabled_reason}); enable it first",
+                    plugin=name,
+                )
+            running = slot.pool.version if slot.pool is not None else None
+            if plugin.active_version == version and running == version:
+                return {"plugin": name, "outcome": "kept", "from": version, "to": version}
+            conflicts = reg.check_dependencies((name, version))
+            if conflicts:
+                self._failed(name, kind, running, version, "; ".join(conflicts))
+                raise DependencyError(
+                    "conflict", "; ".join(conflicts), plugin=name, version=version,
+                    conflicts=conflicts,
+                )  # fmt: skip
+            try:
+                info = sup.version_info(name, version)
+                pool = sup.start_pool(info)
+            except PlugvisorError as exc:
+                self._failed(name, kind, running, version, str(exc))
+                if isinstance(exc, SandboxError):
+                    raise
+                raise SandboxError(
+                    "start_failed", f"{name} {version} did not start: {exc}",
+                    plugin=name, version=version, cause=exc.code,
+                ) from exc  # fmt: skip
+            try:
+                old_rec, _new = reg.activate(name, version)
+            except PlugvisorError as exc:
+                sup.retire(pool, drain_timeout=0.0)
+                self._failed(name, kind, running, version, str(exc))
+                raise
+            previous = old_rec.version if old_rec is not None else running
+            old_pool = sup.route(slot, pool, SlotState.ACTIVE, "", version)
+            slot.crashes.clear()
+            slot.watch = (
+                Watch(
+                    version=version,
+                    previous=previous if previous != version else None,
+                    until=time.monotonic() + sup.settings.watch_window_s,
+                    threshold=sup.settings.watch_error_threshold,
+                )
+                if watch and sup.settings.watch_window_s > 0
+                else None
+            )
+            took = time.perf_counter() - t0
+        sup.retire(old_pool)
+        sup.metrics.swaps.labels(name, "ok").inc()
+        sup.metrics.swap_seconds.observe(took)
+        if kind != "activate":
+            sup.metrics.rollbacks.labels(name, kind).inc()
+        # The registry recorded "activated" itself; publish the swap with its timing.
+        sup.event(
+            name, "swapped", record=False, outcome="ok", via=kind, took_ms=round(took * 1000, 3),
+            from_version=previous, to_version=version,
+        )  # fmt: skip
+        return {
+            "plugin": name, "outcome": "swapped", "from": previous, "to": version,
+            "took_ms": round(took * 1000, 3),
+        }  # fmt: skip
+
+    def rollback(self, name: str, version: str | None = None) -> dict[str, Any]:
+        """Swap back to ``version`` (default: the version active before the current one)."""
+        target = version or self.sup.registry.get_plugin(name).previous_version
+        if not target:
+            raise ConflictError(
+                "no_previous", f"{name} has no previous version to roll back to", plugin=name
+            )
+        return self.activate(name, str(target), kind="rollback", watch=False)
+
+    # ---- automatic rollback -------------------------------------------------------------------
+    def _watch_tripped(self, slot: PluginSlot, watch: Watch) -> None:
+        """Swap back after the new version erred ``threshold`` times in its watch window."""
+        reason = (
+            f"{watch.errors} errors or violations of {watch.version} within the "
+            f"{self.sup.settings.watch_window_s:g} s watch window "
+            f"(watch_error_threshold {watch.threshold})"
+        )
+        with slot.swap_lock:
+            current = slot.pool.version if slot.pool is not None else None
+            if slot.watch is not watch or current != watch.version:
+                return  # another swap or a disable got there first
+            slot.watch = None
+            if watch.previous is None:
+                self.sup.event(
+                    slot.name, "watch_tripped", outcome="kept", reason=reason + "; no previous "
+                    "version to roll back to", from_version=watch.version, to_version=watch.version,
+                )  # fmt: skip
+                return
+            try:
+                outcome = self.activate(slot.name, watch.previous, kind="auto_rollback",
+                                        watch=False)  # fmt: skip
+            except PlugvisorError as exc:
+                self.sup.event(
+                    slot.name, "auto_rollback", outcome="failed", reason=f"{reason}; {exc}",
+                    from_version=watch.version, to_version=watch.previous,
+                )  # fmt: skip
+                return
+        self.sup.event(
+            slot.name, "auto_rollback", outcome="ok", reason=reason,
+            took_ms=outcome.get("took_ms"), from_version=watch.version, to_version=watch.previous,
+        )  # fmt: skip
+
+    def _failed(self, name: str, kind: str, running: str | None, version: str, reason: str) -> None:
+        self.sup.metrics.swaps.labels(name, "failed").inc()
+        self.sup.event(
+            name, "swap_failed", outcome="failed", reason=reason, via=kind,
+            from_version=running, to_version=version,
+        )  # fmt: skip
+        _log.warning("swap_refused", plugin=name, version=version, reason=reason)
