@@ -11,6 +11,7 @@ from typing import Final
 from plugvisor.core.errors import NotFoundError, PlugvisorError
 from plugvisor.core.log import get_logger
 from plugvisor.core.signing import PublicKey, atomic_write, load_public_key, public_pem
+from plugvisor.state.layout import StateLayout
 
 __all__ = ["TrustStore"]
 
@@ -22,8 +23,8 @@ class TrustStore:
     """The set of Ed25519 public keys whose signatures plugvisor accepts."""
 
     def __init__(self, state_dir: Path | str) -> None:
-        self.state_dir = Path(state_dir)
-        self.dir = self.state_dir / "keys" / "trusted"
+        self.layout = StateLayout(Path(state_dir))
+        self.dir = self.layout.trusted_keys_dir
 
     def _ensure(self) -> None:
         for d in (self.dir.parent, self.dir):
@@ -38,7 +39,7 @@ class TrustStore:
         key = load_public_key(Path(pub_path))
         self._ensure()
         # Stored re-serialised, so the file holds exactly one well-formed key.
-        atomic_write(self.dir / f"{key.keyid}.pub", public_pem(key.key), 0o644)
+        atomic_write(self.layout.trusted_key(key.keyid), public_pem(key.key), 0o644)
         _log.info("key_trusted", keyid=key.keyid, source=str(pub_path))
         return key.keyid
 
