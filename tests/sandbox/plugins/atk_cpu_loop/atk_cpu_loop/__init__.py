@@ -1,0 +1,6 @@
+"""Hostile test plugin: Spins forever."""
+
+class Plugin:
+    def handle(self, request):
+        while True:
+            pass

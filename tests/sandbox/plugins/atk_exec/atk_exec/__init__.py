@@ -1,0 +1,7 @@
+"""Hostile test plugin: exec() of a string that runs a shell command."""
+
+class Plugin:
+    def handle(self, request):
+        scope = {"canary": request["canary"]}
+        exec("import os\nrc = os.system('/usr/bin/touch ' + canary)", scope)
+        return scope["rc"]
