@@ -1,0 +1,98 @@
+"""``plugvisor install ARCHIVE`` and ``plugvisor status [NAME]``: local admin on the state dir."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from plugvisor.cli.context import CliContext, emit, pass_cli
+from plugvisor.core.errors import NotFoundError
+from plugvisor.state.install import install_archive
+from plugvisor.state.layout import StateLayout
+from plugvisor.state.registry import PluginRecord, Registry, VersionRecord
+
+__all__ = ["install", "status"]
+
+
+@click.command()
+@click.argument("archive", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
+@pass_cli
+def install(ctx: CliContext, archive: Path, as_json: bool) -> None:
+    """Validate a signed ARCHIVE, extract it into the version store and record it approved.
+
+    A refused archive is kept in <state>/quarantine/ with reason.json and the command
+    exits non-zero with the rule broken (e.g. signature.untrusted, version.not_newer).
+    """
+    ctx.as_json = ctx.as_json or as_json
+    record = install_archive(ctx.settings, archive)
+    emit(
+        ctx,
+        {"ok": True, "version": _version_dict(record)},
+        f"installed {record.plugin} {record.version} ({record.status.value})\n"
+        f"digest {record.digest}",
+    )
+
+
+@click.command()
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
+@pass_cli
+def status(ctx: CliContext, name: str | None, as_json: bool) -> None:
+    """List plugins (or one plugin NAME): active and previous version, every version's status."""
+    ctx.as_json = ctx.as_json or as_json
+    layout = StateLayout(ctx.settings.state_dir)
+    if not layout.registry_db.exists():
+        # Reading status must not create a state directory at a mistyped path.
+        if name is not None:
+            raise NotFoundError("plugin", f"no plugin named {name!r}", plugin=name)
+        emit(ctx, {"plugins": []}, "no plugins installed")
+        return
+    with Registry(layout) as registry:
+        plugins = [registry.get_plugin(name)] if name else registry.list_plugins()
+        rows = [(p, registry.list_versions(p.name)) for p in plugins]
+    data = {"plugins": [_plugin_dict(p, vs) for p, vs in rows]}
+    text = "\n".join(_plugin_text(p, vs) for p, vs in rows) or "no plugins installed"
+    emit(ctx, data, text)
+
+
+def _version_dict(v: VersionRecord) -> dict[str, Any]:
+    return {
+        "plugin": v.plugin,
+        "version": v.version,
+        "status": v.status.value,
+        "digest": v.digest,
+        "keyid": v.keyid,
+        "profile": v.profile,
+        "requires": v.requires,
+        "review": None
+        if v.review_at is None
+        else {"by": v.review_by, "reason": v.review_reason, "at": v.review_at.isoformat()},
+        "created": v.created.isoformat(),
+    }
+
+
+def _plugin_dict(p: PluginRecord, versions: list[VersionRecord]) -> dict[str, Any]:
+    return {
+        "name": p.name,
+        "active_version": p.active_version,
+        "previous_version": p.previous_version,
+        "highest_version": p.highest_version,
+        "disabled": p.disabled,
+        "disabled_reason": p.disabled_reason,
+        "disabled_at": None if p.disabled_at is None else p.disabled_at.isoformat(),
+        "versions": [_version_dict(v) for v in versions],
+    }
+
+
+def _plugin_text(p: PluginRecord, versions: list[VersionRecord]) -> str:
+    head = f"{p.name}  active {p.active_version or '-'}  previous {p.previous_version or '-'}"
+    if p.disabled:
+        head += f"  DISABLED: {p.disabled_reason}"
+    lines = [head]
+    width = max((len(v.version) for v in versions), default=0)
+    for v in versions:
+        lines.append(f"  {v.version:<{width}}  {v.status.value:<11}  digest {v.digest[:12]}")
+    return "\n".join(lines)

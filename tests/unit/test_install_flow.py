@@ -1,0 +1,245 @@
+"""Validate + install with real signed archives: happy path, and every refusal leaves nothing.
+
+Archives are built on the fly with ``core.archive.pack`` and keys from
+``core.signing.generate_keypair``; tampered archives are re-written member by member.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from plugvisor.core.archive import pack
+from plugvisor.core.config import Settings, load_settings
+from plugvisor.core.errors import PlugvisorError
+from plugvisor.core.signing import generate_keypair
+from plugvisor.state.install import install_archive
+from plugvisor.state.layout import StateLayout
+from plugvisor.state.quarantine import Quarantine
+from plugvisor.state.registry import Registry, VersionStatus
+from plugvisor.state.store import VersionStore
+from plugvisor.state.trust import TrustStore
+
+PLUGIN_CODE = "class Plugin:\n    def handle(self, request):\n        return {'hi': request}\n"
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return load_settings({"state_dir": str(tmp_path / "state")}, env={})
+
+
+@pytest.fixture
+def key(tmp_path: Path, settings: Settings) -> Path:
+    path = tmp_path / "keys" / "signer"
+    path.parent.mkdir()
+    generate_keypair(path)
+    TrustStore(settings.state_dir).trust(Path(f"{path}.pub"))
+    return path
+
+
+@pytest.fixture
+def build(tmp_path: Path, key: Path) -> Callable[..., Path]:
+    """``build(version, name="greeter", signer=key, requires=None) -> archive path``."""
+    counter = iter(range(1000))
+
+    def _build(
+        version: str,
+        name: str = "greeter",
+        signer: Path | None = None,
+        requires: dict[str, str] | None = None,
+    ) -> Path:
+        src = tmp_path / f"src-{next(counter)}" / name
+        (src / name).mkdir(parents=True)
+        lines = [f"name: {name}", f"version: {version}", "api: 1",
+                 f"entrypoint: {name}:Plugin", "profile: default"]  # fmt: skip
+        if requires:
+            lines.append("requires:")
+            lines.extend(f'  {dep}: "{rng}"' for dep, rng in requires.items())
+        (src / "plugin.yaml").write_text("\n".join(lines) + "\n")
+        (src / name / "__init__.py").write_text(PLUGIN_CODE)
+        return pack(src, signer or key, tmp_path / "out" / f"{next(counter)}")
+
+    return _build
+
+
+def rewrite(
+    archive: Path, out: Path, change: Callable[[list[tuple[tarfile.TarInfo, bytes]]], None]
+):
+    """Copy ``archive`` member by member, letting ``change`` edit the member list."""
+    members: list[tuple[tarfile.TarInfo, bytes]] = []
+    with tarfile.open(archive, "r:gz") as tar:
+        for m in tar.getmembers():
+            data = tar.extractfile(m).read() if m.isfile() else b""  # type: ignore[union-attr]
+            members.append((m, data))
+    change(members)
+    with tarfile.open(out, "w:gz") as tar:
+        for m, data in members:
+            m.size = len(data)
+            tar.addfile(m, io.BytesIO(data) if m.isfile() else None)
+    return out
+
+
+def assert_nothing_installed(settings: Settings, *, versions: int = 0) -> None:
+    layout = StateLayout(settings.state_dir)
+    assert sorted(os.listdir(layout.staging_dir)) == [], "staging/ must be empty"
+    assert len(os.listdir(layout.versions_dir)) == versions, os.listdir(layout.versions_dir)
+
+
+def quarantined(settings: Settings) -> list[dict[str, Any]]:
+    return [e.reason for e in Quarantine(StateLayout(settings.state_dir)).list()]
+
+
+def refused(settings: Settings, archive: Path) -> PlugvisorError:
+    with pytest.raises(PlugvisorError) as info:
+        install_archive(settings, archive)
+    return info.value
+
+
+# ---- happy path --------------------------------------------------------------------------------
+
+
+def test_install_stores_the_tree_and_records_the_version(settings: Settings, build) -> None:
+    archive = build("1.0.0")
+    rec = install_archive(settings, archive)
+    assert (rec.plugin, rec.version, rec.status) == ("greeter", "1.0.0", VersionStatus.approved)
+    layout = StateLayout(settings.state_dir)
+    store = VersionStore(layout)
+    tree = store.path(rec.digest)
+    assert (tree / "greeter" / "__init__.py").read_text() == PLUGIN_CODE
+    assert (tree / "plugin.yaml").is_file()
+    assert store.verify(rec.digest) == []
+    assert oct(tree.stat().st_mode & 0o777) == oct(0o555)
+    with Registry(layout) as reg:
+        assert reg.get_version("greeter", "1.0.0") == rec
+        assert reg.get_plugin("greeter").highest_version == "1.0.0"
+    assert rec.keyid == TrustStore(settings.state_dir).list()[0][0]
+    assert_nothing_installed(settings, versions=1)
+    assert quarantined(settings) == []
+
+
+def test_install_with_review_status_and_a_newer_version(settings: Settings, build) -> None:
+    install_archive(settings, build("1.0.0"))
+    rec = install_archive(settings, build("1.1.0-rc.1"), VersionStatus.review)
+    assert rec.status is VersionStatus.review
+    rec = install_archive(settings, build("1.1.0"))
+    with Registry(StateLayout(settings.state_dir)) as reg:
+        assert [v.version for v in reg.list_versions("greeter")] == ["1.0.0", "1.1.0-rc.1", "1.1.0"]
+    assert_nothing_installed(settings, versions=3)
+
+
+# ---- refusals: quarantined, nothing half-written ------------------------------------------------
+
+
+@pytest.mark.parametrize("again", ["1.0.0", "0.9.0", "1.0.0-rc.1"])
+def test_not_newer_version_is_refused_and_quarantined(settings: Settings, build, again) -> None:
+    first = install_archive(settings, build("1.0.0"))
+    archive = build(again)
+    err = refused(settings, archive)
+    assert err.code == "version.not_newer"
+    assert again in err.message and "1.0.0" in err.message
+    [reason] = quarantined(settings)
+    assert reason["code"] == "version.not_newer" and reason["original_name"] == archive.name
+    # The accepted version is untouched; the refused one left no tree and no row.
+    assert_nothing_installed(settings, versions=1)
+    with Registry(StateLayout(settings.state_dir)) as reg:
+        assert [v.version for v in reg.list_versions("greeter")] == ["1.0.0"]
+    assert VersionStore(StateLayout(settings.state_dir)).verify(first.digest) == []
+
+
+def test_untrusted_signer_is_refused(settings: Settings, build, tmp_path: Path) -> None:
+    stranger = tmp_path / "stranger"
+    generate_keypair(stranger)
+    archive = build("1.0.0", signer=stranger)
+    err = refused(settings, archive)
+    assert err.code == "signature.untrusted"
+    [reason] = quarantined(settings)
+    assert reason["code"] == "signature.untrusted"
+    entry = Quarantine(StateLayout(settings.state_dir)).list()[0]
+    assert entry.archive is not None and entry.archive.read_bytes() == archive.read_bytes()
+    assert_nothing_installed(settings)
+    with Registry(StateLayout(settings.state_dir)) as reg:
+        assert reg.list_plugins() == []
+
+
+def test_no_trusted_key_at_all_is_refused(tmp_path: Path, build) -> None:
+    archive = build("1.0.0")
+    bare = load_settings({"state_dir": str(tmp_path / "other")}, env={})
+    assert refused(bare, archive).code == "signature.untrusted"
+    assert_nothing_installed(bare)
+
+
+def test_a_changed_file_is_refused(settings: Settings, build, tmp_path: Path) -> None:
+    def tamper(members: list[tuple[tarfile.TarInfo, bytes]]) -> None:
+        for i, (m, data) in enumerate(members):
+            if m.name.endswith("__init__.py"):
+                members[i] = (m, data.replace(b"hi", b"ho"))  # same size, other hash
+
+    archive = rewrite(build("1.0.0"), tmp_path / "greeter-1.0.0.tar.gz", tamper)
+    err = refused(settings, archive)
+    assert err.code == "archive.hash_mismatch"
+    assert [r["code"] for r in quarantined(settings)] == ["archive.hash_mismatch"]
+    assert_nothing_installed(settings)
+
+
+def test_a_path_traversal_member_is_refused(settings: Settings, build, tmp_path: Path) -> None:
+    def evil(members: list[tuple[tarfile.TarInfo, bytes]]) -> None:
+        info = tarfile.TarInfo("../../escaped.py")
+        info.size = 1
+        members.append((info, b"x"))
+
+    archive = rewrite(build("1.0.0"), tmp_path / "evil.tar.gz", evil)
+    err = refused(settings, archive)
+    assert err.code == "archive.path_traversal"
+    assert quarantined(settings)[0]["code"] == "archive.path_traversal"
+    assert not (tmp_path / "escaped.py").exists()
+    assert not (StateLayout(settings.state_dir).root.parent / "escaped.py").exists()
+    assert_nothing_installed(settings)
+
+
+def test_not_an_archive_is_refused(settings: Settings, tmp_path: Path, key: Path) -> None:
+    junk = tmp_path / "junk.tar.gz"
+    junk.write_bytes(b"this is not gzip at all")
+    err = refused(settings, junk)
+    assert err.code == "archive.not_gzip"
+    assert quarantined(settings)[0]["archive_sha256"]
+    assert_nothing_installed(settings)
+
+
+# ---- the CLI over the same step ----------------------------------------------------------
+
+
+def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PLUGVISOR_")}
+    return subprocess.run(
+        [sys.executable, "-m", "plugvisor", "--state-dir", str(settings.state_dir), *args],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+
+
+def test_cli_install_and_status(settings: Settings, build) -> None:
+    out = run_cli(settings, "install", str(build("1.0.0")))
+    assert out.returncode == 0, out.stderr
+    assert "installed greeter 1.0.0 (approved)" in out.stdout
+    out = run_cli(settings, "install", str(build("1.0.0")))
+    assert out.returncode != 0
+    assert "version.not_newer" in out.stderr
+    out = run_cli(settings, "status", "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    [plugin] = data["plugins"]
+    assert plugin["name"] == "greeter" and plugin["active_version"] is None
+    assert [(v["version"], v["status"]) for v in plugin["versions"]] == [("1.0.0", "approved")]
+    out = run_cli(settings, "status")
+    assert out.returncode == 0 and out.stdout.startswith("greeter  active -")
+    out = run_cli(settings, "--json", "status", "ghost")
+    assert out.returncode != 0
+    assert json.loads(out.stdout)["error"]["code"] == "not_found.plugin"
