@@ -41,7 +41,8 @@ def pack(ctx: CliContext, directory: Path, key_path: Path, out_dir: Path) -> Non
     breaks the package rules (plugin.yaml, file count, size, symbolic links).
     """
     out = pack_archive(directory, key_path, out_dir, ArchiveLimits.from_settings(ctx.settings))
-    emit(ctx, {"ok": True, "archive": str(out)}, str(out))
+    path = str(out.absolute())
+    emit(ctx, {"ok": True, "archive": path}, path)
 
 
 @click.command()
