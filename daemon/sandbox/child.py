@@ -1,0 +1,325 @@
+"""The plugin runtime inside the locked-down child: ctx, setup, the request loop, teardown.
+
+Runs after :func:`~plugvisor.daemon.sandbox.lockdown.lock_down`. Talks to the parent over
+the channel only (see ``protocol.py``): one request at a time, every answer a whole
+response envelope. Plugin exceptions become ``plugin.error`` with the exception's type and
+message (no traceback: it would leak runtime internals); ``MemoryError`` becomes
+``budget.memory``; a result that is not JSON ``response.not_json``; a result over
+``max_response_bytes`` ``response.too_large`` (checked here, before sending; the parent
+caps frames too).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import socket
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from plugvisor.core.errors import BudgetExceeded, PlugvisorError
+from plugvisor.daemon.sandbox.lockdown import arm_cpu_limit
+from plugvisor.daemon.sandbox.protocol import (
+    PROTOCOL_VERSION,
+    FrameType,
+    PeerClosed,
+    error_envelope,
+    ok_envelope,
+    read_frame,
+    send_frame,
+)
+
+__all__ = ["ChildConfig", "DatabaseError", "PluginContext", "serve"]
+
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+_MAX_LOG_FRAME = 16 * 1024
+_MAX_MESSAGE = 1000
+
+
+class DatabaseError(Exception):
+    """An SQL error from ``ctx.db.execute`` (the query ran in the host and failed)."""
+
+
+class PolicyHandle(Protocol):
+    """What ``policy.install_policy`` returns (written in ``policy.py``)."""
+
+    files_opened: int
+
+    def begin_request(self, request_id: str) -> None: ...
+
+    def end_request(self) -> None: ...
+
+    def load_plugin(self, entrypoint: str) -> object: ...
+
+
+InstallPolicy = Callable[[Any, str, Callable[[str, str], None]], PolicyHandle]
+
+
+@dataclass(frozen=True)
+class ChildConfig:
+    """What the child runtime needs besides the channel (built by the template)."""
+
+    plugin: str
+    version: str
+    entrypoint: str
+    profile: Any  # SecurityProfile
+    plugin_root: str  # /proc/self/fd/N: reachable whatever the ancestors' modes
+    data_dir: str | None
+    config: dict[str, Any]
+    max_response_bytes: int
+
+
+class _Channel:
+    """The child's end: blocking socket, frames in order, the current request's seq."""
+
+    def __init__(self, sock: socket.socket, cap: int) -> None:
+        self.sock = sock
+        self.cap = cap
+        self.seq = 0
+
+    def send(self, ftype: FrameType, payload: bytes = b"") -> None:
+        send_frame(self.sock, ftype, self.seq, payload)
+
+    def send_json(self, ftype: FrameType, obj: Any) -> None:
+        self.send(ftype, json.dumps(obj, separators=(",", ":"), default=str).encode())
+
+
+class _Database:
+    """``ctx.db``: queries run in the host against the plugin's own SQLite file.
+
+    ``execute(sql, params=()) -> list[list]``. BLOB values come back base64-encoded.
+    A budget breach raises :class:`BudgetExceeded` (``budget.db_queries``), an SQL error
+    :class:`DatabaseError`; the plugin may catch either (the breach is logged anyway).
+    """
+
+    Error = DatabaseError
+
+    def __init__(self, chan: _Channel) -> None:
+        self._chan = chan
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[list[Any]]:
+        if not isinstance(sql, str):
+            raise TypeError("ctx.db.execute: sql must be a str")
+        try:
+            payload = json.dumps({"sql": sql, "params": list(params)}, separators=(",", ":"))
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"ctx.db.execute: params must be JSON values: {exc}") from None
+        self._chan.send(FrameType.DB, payload.encode())
+        frame = read_frame(self._chan.sock, self._chan.cap)
+        if frame.ftype != FrameType.DB_RESULT:
+            raise PeerClosed(f"expected DB_RESULT, got frame type {frame.ftype}")
+        reply = frame.json()
+        err = reply.get("error")
+        if err:
+            if err.get("code") == "budget.db_queries":
+                raise BudgetExceeded("db_queries", str(err.get("message", "")))
+            raise DatabaseError(str(err.get("message", "")))
+        rows: list[list[Any]] = reply["rows"]
+        return rows
+
+
+class _Log:
+    """``ctx.log``: structured records forwarded to the host, tagged with plugin and version."""
+
+    def __init__(self, chan: _Channel) -> None:
+        self._chan = chan
+
+    def _emit(self, level: str, event: str, fields: dict[str, Any]) -> None:
+        payload = json.dumps(
+            {"level": level, "event": str(event)[:200], "fields": fields},
+            separators=(",", ":"),
+            default=str,
+        ).encode()
+        if len(payload) > _MAX_LOG_FRAME:
+            payload = json.dumps(
+                {"level": level, "event": str(event)[:200], "fields": {"truncated": True}}
+            ).encode()
+        self._chan.send(FrameType.LOG, payload)
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._emit("debug", event, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._emit("info", event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._emit("warning", event, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._emit("error", event, fields)
+
+
+class _StdStream:
+    """sys.stdout/sys.stderr: lines become ``ctx.log`` records instead of vanishing."""
+
+    def __init__(self, log: _Log, name: str) -> None:
+        self._log = log
+        self._name = name
+        self._buf = ""
+
+    def write(self, text: str) -> int:
+        self._buf += str(text)
+        while "\n" in self._buf:
+            line, self._buf = self._buf.split("\n", 1)
+            self._log.info(self._name, line=line[:2000])
+        if len(self._buf) > 2000:
+            self.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        if self._buf:
+            self._log.info(self._name, line=self._buf[:2000])
+            self._buf = ""
+
+    def isatty(self) -> bool:
+        return False
+
+
+@dataclass(frozen=True)
+class PluginContext:
+    """``ctx`` passed to ``setup()``: the plugin's only ways out of its process."""
+
+    db: _Database
+    log: _Log
+    data_dir: str | None
+    config: dict[str, Any]
+
+
+def _describe(exc: BaseException) -> str:
+    msg = str(exc)
+    if len(msg) > _MAX_MESSAGE:
+        msg = msg[:_MAX_MESSAGE] + "..."
+    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+
+
+class _Runtime:
+    def __init__(self, chan: _Channel, cfg: ChildConfig, policy: PolicyHandle) -> None:
+        self.chan = chan
+        self.cfg = cfg
+        self.policy = policy
+        self.instance: Any = None
+
+    def report(self, kind: str, detail: str) -> None:
+        self.chan.send_json(FrameType.VIOLATION, {"kind": kind, "detail": str(detail)[:2000]})
+
+    def _run(self, fn: Callable[[], Any], request_id: str) -> bytes:
+        """Run plugin code for one request; always returns a whole envelope."""
+        arm_cpu_limit(float(self.cfg.profile.max_execution_time) + 1.0)
+        self.policy.begin_request(request_id)
+        try:
+            result = fn()
+            try:
+                out = json.dumps(result, separators=(",", ":"), allow_nan=False).encode()
+            except (TypeError, ValueError, RecursionError) as exc:
+                return error_envelope(
+                    "response.not_json", f"plugin returned a value that is not JSON: {exc}"
+                )
+        except MemoryError:
+            self.report("budget.memory", "MemoryError: allocation refused by RLIMIT_AS")
+            return error_envelope(
+                "budget.memory",
+                f"plugin exceeded its memory limit ({self.cfg.profile.memory_limit} bytes)",
+            )
+        except PlugvisorError as exc:
+            return error_envelope(exc.code, exc.message, **exc.details)
+        except (SystemExit, KeyboardInterrupt, Exception) as exc:  # plugin code: anything
+            return error_envelope("plugin.error", _describe(exc), type=type(exc).__name__)
+        finally:
+            self.policy.end_request()
+        if len(out) > self.cfg.max_response_bytes:
+            self.report("response.too_large", f"{len(out)} bytes > {self.cfg.max_response_bytes}")
+            return error_envelope(
+                "response.too_large",
+                f"response of {len(out)} bytes exceeds max_response_bytes "
+                f"({self.cfg.max_response_bytes})",
+                size=len(out),
+                limit=self.cfg.max_response_bytes,
+            )
+        return ok_envelope(out)
+
+    def handle(self, payload: bytes) -> bytes:
+        return self._run(lambda: self.instance.handle(json.loads(payload)), str(self.chan.seq))
+
+    def health(self) -> bytes:
+        fn = getattr(self.instance, "health", None)
+        return self._run((lambda: bool(fn())) if fn is not None else (lambda: True), "health")
+
+    def teardown(self) -> bytes:
+        fn = getattr(self.instance, "teardown", None)
+        return self._run((fn) if fn is not None else (lambda: None), "teardown")
+
+
+def serve(
+    sock: socket.socket,
+    cfg: ChildConfig,
+    hello: dict[str, Any],
+    install_policy: InstallPolicy,
+) -> int:
+    """Say HELLO, install the policy, import the plugin, run setup(), serve; the exit code."""
+    cap = max(cfg.max_response_bytes, 1 << 20) + 65536
+    chan = _Channel(sock, cap)
+    hello = {"protocol": PROTOCOL_VERSION, "pid": os.getpid(), "rss": _rss(), **hello}
+    chan.send_json(FrameType.HELLO, hello)
+
+    holder: list[_Runtime] = []
+
+    def report(kind: str, detail: str) -> None:
+        if holder:
+            holder[0].report(kind, detail)
+
+    t0 = time.perf_counter()
+    try:
+        policy = install_policy(cfg.profile, cfg.plugin_root, report)
+    except Exception as exc:  # the policy layer failing is a lock-down failure
+        chan.send(
+            FrameType.FAILED,
+            error_envelope("sandbox.lockdown_failed", f"policy: {_describe(exc)}"),
+        )
+        return 3
+    rt = _Runtime(chan, cfg, policy)
+    holder.append(rt)
+    log = _Log(chan)
+    sys.stdout = _StdStream(log, "stdout")  # type: ignore[assignment]
+    sys.stderr = _StdStream(log, "stderr")  # type: ignore[assignment]
+    ctx = PluginContext(_Database(chan), log, cfg.data_dir, dict(cfg.config))
+
+    def load_and_setup() -> Any:
+        target = policy.load_plugin(cfg.entrypoint)
+        rt.instance = target() if isinstance(target, type) else target
+        if not callable(getattr(rt.instance, "handle", None)):
+            raise TypeError(f"entrypoint {cfg.entrypoint!r} has no handle(request) method")
+        setup = getattr(rt.instance, "setup", None)
+        if setup is not None:
+            setup(ctx)
+        return None
+
+    env = rt._run(load_and_setup, "setup")
+    if not env.startswith(b'{"ok":true'):
+        chan.send(FrameType.FAILED, env)
+        return 4
+    chan.send_json(FrameType.READY, {"setup_ms": round((time.perf_counter() - t0) * 1000, 3)})
+
+    while True:
+        try:
+            frame = read_frame(sock, cap)
+        except PeerClosed:
+            return 0  # the parent went away: nothing left to serve
+        chan.seq = frame.seq
+        if frame.ftype == FrameType.CALL:
+            chan.send(FrameType.RESULT, rt.handle(frame.payload))
+        elif frame.ftype == FrameType.HEALTH:
+            chan.send(FrameType.RESULT, rt.health())
+        elif frame.ftype == FrameType.STOP:
+            chan.send(FrameType.RESULT, rt.teardown())
+            return 0
+        else:
+            return 5  # protocol error: the parent will see EOF and treat us as crashed
+
+
+def _rss() -> int:
+    # Peak RSS so far (the runtime before the plugin); /proc is outside the Landlock rules.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -1,0 +1,889 @@
+"""Parent side of the sandbox: :class:`Spawner` (owns the template) and :class:`PluginHost`.
+
+A ``PluginHost`` is one sandboxed process running one plugin version. It serves one
+request at a time (a lock); the daemon gets concurrency from several hosts. Every call has
+a wall-clock deadline (``profile.max_execution_time`` unless the caller gives less): when it
+passes, the child is SIGKILLed through its pidfd, the caller gets ``budget.time`` and the
+host is dead -- its owner starts a new one. ``ctx.db`` queries run here, in the parent,
+against ``spec.db_path``, counted per request; ``ctx.log`` records are re-emitted here,
+tagged with the plugin, version and request id. Every budget breach and policy violation
+goes to the security log (``.record(plugin, version, request_id, kind, detail, action)``)
+and to the optional ``on_violation(plugin, version, kind, detail)`` callback.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import contextlib
+import itertools
+import json
+import os
+import pickle
+import select
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from plugvisor.core.config import Settings
+from plugvisor.core.errors import (
+    BudgetExceeded,
+    PluginRuntimeError,
+    PlugvisorError,
+    SandboxError,
+    error_from_dict,
+)
+from plugvisor.core.log import get_logger
+from plugvisor.daemon.sandbox.layers import LayerReport, LayerStatus
+from plugvisor.daemon.sandbox.monitor import ResourceMonitor
+from plugvisor.daemon.sandbox.protocol import (
+    PROTOCOL_VERSION,
+    Frame,
+    FrameTooLarge,
+    FrameType,
+    PeerClosed,
+    SpawnOrder,
+    check_hello,
+    error_envelope,
+    read_frame,
+    send_frame,
+)
+
+__all__ = ["CallOutcome", "HostSpec", "PluginHost", "Spawner", "ViolationCallback"]
+
+ViolationCallback = Callable[[str, str, str, str], None]
+
+_log = get_logger("plugvisor.sandbox")
+_plugin_log = get_logger("plugvisor.plugin")
+
+#: Bytes a response envelope adds around the plugin's result JSON.
+_ENVELOPE_SLACK = 64 * 1024
+#: Largest ctx.db request / log frame the parent accepts from a child.
+_AUX_FRAME_CAP = 1 << 20
+#: ctx.db file size cap (SQLite max_page_count), so a plugin cannot fill the disk.
+_DB_MAX_BYTES = 256 * 1024**2
+#: Log records and violations accepted per request; the rest are counted and dropped.
+_LOG_PER_REQUEST = 1000
+_VIOLATIONS_PER_REQUEST = 20
+_RESERVED_LOG_KEYS = frozenset(
+    {"event", "level", "ts", "component", "plugin", "version", "request_id", "logger"}
+)
+_PRAGMAS_ALLOWED = frozenset(
+    {"table_info", "table_xinfo", "table_list", "index_list", "index_info", "index_xinfo",
+     "foreign_key_list", "user_version", "foreign_keys"}
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """Everything needed to start one plugin version in a sandbox."""
+
+    plugin: str
+    version: str
+    code_dir: Path  # contains plugin.yaml and the package
+    entrypoint: str  # "module:attribute"
+    profile: Any  # plugvisor.core.profile.SecurityProfile
+    data_dir: Path | None = None
+    db_path: Path | None = None
+    config: Mapping[str, Any] = field(default_factory=dict)
+    max_response_bytes: int = 4 * 1024**2
+
+
+@dataclass(frozen=True)
+class CallOutcome:
+    """One call's result without parsing the envelope: the daemon's relay needs only this."""
+
+    ok: bool
+    envelope: bytes  # b'{"ok":true,"result":...}' or the error envelope
+    code: str | None  # error code when not ok
+    elapsed: float  # seconds
+
+
+class _Violations:
+    """Writes violations to the security log and the callback; never raises into a call."""
+
+    def __init__(self, security_log: Any, on_violation: ViolationCallback | None) -> None:
+        self.security_log = security_log
+        self.on_violation = on_violation
+
+    def record(
+        self,
+        spec: HostSpec,
+        request_id: str | None,
+        kind: str,
+        detail: str,
+        action: str,
+    ) -> None:
+        _log.warning(
+            "sandbox.violation",
+            plugin=spec.plugin,
+            version=spec.version,
+            request_id=request_id,
+            kind=kind,
+            detail=detail,
+            action=action,
+        )
+        if self.security_log is not None:
+            try:
+                self.security_log.record(
+                    spec.plugin, spec.version, request_id, kind, detail, action
+                )
+            except (OSError, ValueError, PlugvisorError) as exc:
+                _log.error("sandbox.security_log_failed", error=str(exc), kind=kind)
+        if self.on_violation is not None:
+            try:
+                self.on_violation(spec.plugin, spec.version, kind, detail)
+            except Exception:  # a tracker bug must not break the call path
+                _log.exception("sandbox.on_violation_failed", kind=kind)
+
+
+class _HostDatabase:
+    """The parent-side executor of ``ctx.db``: one connection per host, opened lazily."""
+
+    def __init__(self, path: Path | None, max_bytes: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.conn: sqlite3.Connection | None = None
+        self.deadline = 0.0
+
+    def _open(self) -> sqlite3.Connection:
+        if self.path is None:
+            raise sqlite3.OperationalError("this plugin host has no database (db_path unset)")
+        conn = sqlite3.connect(
+            self.path, timeout=2.0, isolation_level=None, check_same_thread=False
+        )
+        conn.execute("PRAGMA journal_mode=WAL")
+        page = conn.execute("PRAGMA page_size").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count={_DB_MAX_BYTES // page}")
+        # Plugin SQL runs with the daemon's rights: no ATTACH (other files), no
+        # pragmas beyond introspection, no extension loading, bounded values.
+        conn.set_authorizer(_authorize)
+        conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, max(self.max_bytes, 1024))
+        conn.setlimit(sqlite3.SQLITE_LIMIT_SQL_LENGTH, 1 << 20)
+        conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
+        conn.set_progress_handler(self._progress, 10000)
+        self.conn = conn
+        return conn
+
+    def _progress(self) -> int:
+        return 1 if time.monotonic() > self.deadline else 0
+
+    def execute(self, sql: str, params: list[Any], deadline: float) -> bytes:
+        """Run one statement; the reply frame payload (rows or error)."""
+        self.deadline = deadline
+        conn = self.conn or self._open()
+        cur = conn.execute(sql, params)
+        rows: list[list[Any]] = []
+        size = 0
+        while True:
+            batch = cur.fetchmany(256)
+            if not batch:
+                break
+            for row in batch:
+                out = [base64.b64encode(v).decode() if isinstance(v, bytes) else v for v in row]
+                size += sum(len(v) if isinstance(v, str) else 16 for v in out) + 8
+                if size > self.max_bytes:
+                    raise sqlite3.OperationalError(
+                        f"query result exceeds {self.max_bytes} bytes; select less"
+                    )
+                rows.append(out)
+        return json.dumps({"rows": rows}, separators=(",", ":")).encode()
+
+    def close(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except sqlite3.Error as exc:
+                _log.warning("sandbox.db_close_failed", error=str(exc))
+            self.conn = None
+
+
+def _authorize(action: int, arg1: str | None, arg2: str | None, *_: Any) -> int:
+    if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
+        return sqlite3.SQLITE_DENY
+    if action == sqlite3.SQLITE_PRAGMA and (arg1 or "").lower() not in _PRAGMAS_ALLOWED:
+        return sqlite3.SQLITE_DENY
+    if action == sqlite3.SQLITE_FUNCTION and (arg2 or "").lower() == "load_extension":
+        return sqlite3.SQLITE_DENY
+    return sqlite3.SQLITE_OK
+
+
+class PluginHost:
+    """One sandboxed plugin process (built by :meth:`Spawner.spawn`, never directly)."""
+
+    def __init__(
+        self,
+        spec: HostSpec,
+        sock: socket.socket,
+        pid: int,
+        pidfd: int,
+        spawner: Spawner,
+    ) -> None:
+        self.spec = spec
+        self._sock = sock
+        self._pid = pid
+        self._pidfd = pidfd
+        self._spawner = spawner
+        self._lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._seq = itertools.count(1)
+        self._dead = False
+        self._stopped = False
+        self._kill_reason: str | None = None
+        self._kill_detail = ""
+        self._db = _HostDatabase(spec.db_path, spec.max_response_bytes)
+        self._db_count = 0
+        self._log_count = 0
+        self._violation_count = 0
+        self._request_id: str | None = None
+        self._cap = spec.max_response_bytes + _ENVELOPE_SLACK
+        self._plugin_log = _plugin_log.bind(plugin=spec.plugin, version=spec.version)
+        self.layers = LayerReport(())
+        self.baseline_rss = 0
+        #: Milliseconds: lockdown (child), setup (child), spawn (order -> READY, parent).
+        self.timings: dict[str, float] = {}
+
+    # ---- public ------------------------------------------------------------------------
+    @property
+    def pid(self) -> int:
+        return self._pid
+
+    @property
+    def alive(self) -> bool:
+        """True while the process runs and has not been condemned."""
+        if self._dead:
+            return False
+        try:
+            ready = select.select([self._pidfd], [], [], 0)[0]
+        except (OSError, ValueError):
+            return False
+        return not ready
+
+    @property
+    def rss_limit(self) -> int:
+        return self.baseline_rss + int(self.spec.profile.memory_limit)
+
+    def call(
+        self, request: Any, request_id: str | None = None, timeout: float | None = None
+    ) -> Any:
+        """Call ``handle(request)``; the result, or a typed error (``budget.time``, ...)."""
+        try:
+            payload = json.dumps(request, separators=(",", ":"), allow_nan=False).encode()
+        except (TypeError, ValueError) as exc:
+            raise PluginRuntimeError("bad_request", f"request is not JSON: {exc}") from None
+        envelope = self._exchange(FrameType.CALL, payload, request_id, timeout)
+        doc = json.loads(envelope)
+        if doc.get("ok"):
+            return doc.get("result")
+        raise error_from_dict(doc.get("error") or {})
+
+    def call_raw(
+        self, request_json: bytes, request_id: str | None = None, timeout: float | None = None
+    ) -> bytes:
+        """Fast path: request JSON bytes in, response envelope bytes out (never raises for
+        call errors: they come back as an error envelope)."""
+        return self.invoke(request_json, request_id, timeout).envelope
+
+    def invoke(
+        self, request_json: bytes, request_id: str | None = None, timeout: float | None = None
+    ) -> CallOutcome:
+        """Like :meth:`call_raw`, with the outcome's status and code already known."""
+        t0 = time.monotonic()
+        try:
+            env = self._exchange(FrameType.CALL, request_json, request_id, timeout)
+        except PlugvisorError as err:
+            return CallOutcome(
+                False,
+                error_envelope(err.code, err.message, **err.details),
+                err.code,
+                time.monotonic() - t0,
+            )
+        if env.startswith(b'{"ok":true'):
+            return CallOutcome(True, env, None, time.monotonic() - t0)
+        code = None
+        try:
+            code = str(json.loads(env)["error"]["code"])
+        except (ValueError, KeyError, TypeError):
+            code = "plugin.error"
+        return CallOutcome(False, env, code, time.monotonic() - t0)
+
+    def health(self, timeout: float | None = None) -> bool:
+        """True when the process is up and ``health()`` (if defined) returns truthy in time."""
+        if not self.alive:
+            return False
+        try:
+            env = self._exchange(FrameType.HEALTH, b"", None, timeout, violations=False)
+        except PlugvisorError:
+            return False
+        return env == b'{"ok":true,"result":true}'
+
+    def stop(self, grace: float = 2.0) -> None:
+        """Idempotent: teardown() with ``grace`` seconds -> SIGTERM -> SIGKILL; reaped."""
+        with self._state_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        deadline = time.monotonic() + grace
+        got = self._lock.acquire(timeout=max(grace, 0.0))
+        try:
+            if got and grace > 0 and not self._dead and self.alive:
+                try:
+                    self._roundtrip(FrameType.STOP, b"", None, deadline, violations=False)
+                except PlugvisorError as exc:
+                    _log.info("sandbox.teardown_failed", plugin=self.spec.plugin, error=str(exc))
+            if not self._wait_exit(deadline):
+                self._signal(signal.SIGTERM)
+                if not self._wait_exit(time.monotonic() + 0.5):
+                    self._signal(signal.SIGKILL)
+                    self._wait_exit(time.monotonic() + 5.0)
+            self._mark_dead("stopped", "host stopped")
+        finally:
+            if got:
+                self._lock.release()
+            self._close()
+
+    # ---- internals ---------------------------------------------------------------------
+    def _close(self) -> None:
+        self._spawner.monitor.unregister(self._pid)
+        self._spawner.wait_reaped(self._pid, timeout=2.0)
+        try:
+            self._sock.close()
+        finally:
+            self._db.close()
+            with contextlib.suppress(OSError):
+                os.close(self._pidfd)
+
+    def _signal(self, sig: int) -> None:
+        try:
+            signal.pidfd_send_signal(self._pidfd, sig)
+        except ProcessLookupError:
+            pass  # already exited
+        except OSError as exc:
+            _log.error("sandbox.signal_failed", pid=self._pid, signal=sig, error=str(exc))
+
+    def _wait_exit(self, deadline: float) -> bool:
+        remaining = max(0.0, deadline - time.monotonic())
+        try:
+            return bool(select.select([self._pidfd], [], [], remaining)[0])
+        except (OSError, ValueError):
+            return True
+
+    def _mark_dead(self, reason: str, detail: str) -> None:
+        with self._state_lock:
+            if self._kill_reason is None:
+                self._kill_reason = reason
+                self._kill_detail = detail
+            self._dead = True
+
+    def _kill(self, reason: str, detail: str) -> None:
+        self._mark_dead(reason, detail)
+        self._signal(signal.SIGKILL)
+
+    def kill_for_budget(self, kind: str, detail: str) -> None:
+        """Called by the ResourceMonitor: kill now, the in-flight call reports budget.<kind>."""
+        if self._dead:
+            return
+        self._kill(kind, detail)
+        self._violation(f"budget.{kind}", detail, "killed")
+
+    def _violation(self, kind: str, detail: str, action: str) -> None:
+        self._spawner.violations.record(self.spec, self._request_id, kind, detail, action)
+
+    def _dead_error(self) -> PluginRuntimeError:
+        reason = self._kill_reason
+        if reason == "memory":
+            return BudgetExceeded(
+                "memory",
+                f"plugin exceeded its memory limit ({self.spec.profile.memory_limit} bytes): "
+                f"{self._kill_detail}",
+            )
+        code = self._spawner.exit_code(self._pid, timeout=0.2)
+        detail: dict[str, Any] = {"pid": self._pid}
+        if code is not None:
+            detail["exit_code"] = code
+            if code < 0:
+                detail["signal"] = signal.Signals(-code).name if -code in signal.valid_signals() \
+                    else -code  # fmt: skip
+        why = self._kill_detail or (
+            f"plugin process exited (code {code})" if code is not None else "plugin process died"
+        )
+        return PluginRuntimeError("crashed", why, **detail)
+
+    def _exchange(
+        self,
+        ftype: FrameType,
+        payload: bytes,
+        request_id: str | None,
+        timeout: float | None,
+        *,
+        violations: bool = True,
+    ) -> bytes:
+        limit = float(self.spec.profile.max_execution_time)
+        budget = limit if timeout is None else min(float(timeout), limit)
+        with self._lock:
+            if self._dead or self._stopped:
+                raise self._dead_error()
+            return self._roundtrip(
+                ftype, payload, request_id, time.monotonic() + budget, violations=violations
+            )
+
+    def _roundtrip(
+        self,
+        ftype: FrameType,
+        payload: bytes,
+        request_id: str | None,
+        deadline: float,
+        *,
+        violations: bool = True,
+    ) -> bytes:
+        """Send one request and serve the child's DB/LOG/VIOLATION frames until its RESULT."""
+        seq = next(self._seq) & 0xFFFFFFFF
+        self._request_id = request_id
+        self._db_count = self._log_count = self._violation_count = 0
+        sock = self._sock
+        try:
+            send_frame(sock, ftype, seq, payload)
+            while True:
+                frame = read_frame(sock, self._cap, deadline)
+                if frame.ftype == FrameType.RESULT and frame.seq == seq:
+                    return frame.payload
+                self._aux_frame(frame, seq, deadline, "request")
+        except TimeoutError:
+            seconds = self.spec.profile.max_execution_time
+            self._kill("time", "deadline passed")
+            if violations:
+                self._violation("budget.time", f"no answer within {seconds}s", "killed")
+            raise BudgetExceeded(
+                "time", f"plugin did not answer within its time budget ({seconds}s)"
+            ) from None
+        except FrameTooLarge as exc:
+            self._kill("too_large", str(exc))
+            if exc.ftype == FrameType.RESULT:
+                self._violation("response.too_large", str(exc), "killed")
+                raise error_from_dict(
+                    {
+                        "code": "response.too_large",
+                        "message": "response exceeds max_response_bytes "
+                        f"({self.spec.max_response_bytes})",
+                        "details": {"size": exc.size, "limit": self.spec.max_response_bytes},
+                    }
+                ) from None
+            self._violation("protocol.frame_too_large", str(exc), "killed")
+            raise PluginRuntimeError("crashed", f"protocol violation: {exc}") from None
+        except (PeerClosed, ConnectionError, OSError):
+            self._mark_dead("crashed", "")
+            raise self._dead_error() from None
+        except _ProtocolViolation as exc:
+            self._kill("crashed", f"protocol violation: {exc}")
+            self._violation("protocol.violation", str(exc), "killed")
+            raise self._dead_error() from None
+
+    def _aux_frame(self, frame: Frame, seq: int, deadline: float, phase: str) -> None:
+        """Handle a frame that is not the awaited answer (db, log, violation)."""
+        if len(frame.payload) > _AUX_FRAME_CAP:
+            raise _ProtocolViolation(f"oversized {frame!r}")
+        if frame.ftype == FrameType.LOG:
+            self._on_log(frame)
+        elif frame.ftype == FrameType.VIOLATION:
+            self._on_violation_frame(frame)
+        elif frame.ftype == FrameType.DB and frame.seq == seq:
+            send_frame(self._sock, FrameType.DB_RESULT, seq, self._on_db(frame, deadline))
+        else:
+            raise _ProtocolViolation(f"unexpected {frame!r} during {phase} {seq}")
+
+    def _on_db(self, frame: Frame, deadline: float) -> bytes:
+        self._db_count += 1
+        budget = int(self.spec.profile.max_db_queries)
+        if self._db_count > budget:
+            detail = f"query {self._db_count} exceeds max_db_queries ({budget})"
+            self._violation("budget.db_queries", detail, "refused")
+            return json.dumps({"error": {"code": "budget.db_queries", "message": detail}}).encode()
+        try:
+            q = json.loads(frame.payload)
+            sql, params = q["sql"], q["params"]
+            if not isinstance(sql, str) or not isinstance(params, list):
+                raise TypeError("sql must be a string and params a list")
+            return self._db.execute(sql, params, deadline)
+        except (sqlite3.Error, ValueError, KeyError, TypeError, OverflowError) as exc:
+            msg = str(exc)
+            if "interrupted" in msg and time.monotonic() > deadline:
+                msg = "query interrupted: request deadline passed"
+            return json.dumps({"error": {"code": "plugin.db_error", "message": msg}}).encode()
+
+    def _on_log(self, frame: Frame) -> None:
+        self._log_count += 1
+        if self._log_count > _LOG_PER_REQUEST:
+            if self._log_count == _LOG_PER_REQUEST + 1:
+                self._plugin_log.warning(
+                    "plugin.log_dropped", request_id=self._request_id, limit=_LOG_PER_REQUEST
+                )
+            return
+        try:
+            rec = frame.json()
+            level = str(rec.get("level", "info"))
+            fields = rec.get("fields") or {}
+            if level not in ("debug", "info", "warning", "error") or not isinstance(fields, dict):
+                raise ValueError("bad log record")
+        except (ValueError, AttributeError):
+            self._plugin_log.warning("plugin.log_malformed", request_id=self._request_id)
+            return
+        safe = {(f"field_{k}" if k in _RESERVED_LOG_KEYS else str(k)): v for k, v in fields.items()}
+        getattr(self._plugin_log, level)(
+            str(rec.get("event", ""))[:200], request_id=self._request_id, **safe
+        )
+
+    def _on_violation_frame(self, frame: Frame) -> None:
+        self._violation_count += 1
+        if self._violation_count > _VIOLATIONS_PER_REQUEST:
+            return
+        try:
+            rec = frame.json()
+            kind, detail = str(rec["kind"])[:100], str(rec.get("detail", ""))[:2000]
+        except (ValueError, KeyError, TypeError):
+            kind, detail = "protocol.malformed_violation", repr(frame.payload[:200])
+        self._violation(kind, detail, "blocked")
+
+    def _raise_failed(self, frame: Frame) -> None:
+        doc = json.loads(frame.payload)
+        err = error_from_dict(doc.get("error") or {})
+        _log.error(
+            "sandbox.spawn_failed", plugin=self.spec.plugin, version=self.spec.version,
+            code=err.code, message=err.message, details=err.details,
+        )  # fmt: skip
+        # The trace names runtime paths: logged here, not handed to callers.
+        err.details.pop("trace", None)
+        raise err
+
+    def _handshake(self, deadline: float) -> None:
+        """HELLO (protocol check, layers) then setup() until READY; raises on failure."""
+        t0 = time.monotonic()
+        seq = 0
+        self._request_id = "setup"
+        try:
+            hello_frame = read_frame(self._sock, _AUX_FRAME_CAP, deadline)
+            if hello_frame.ftype == FrameType.FAILED:
+                self._raise_failed(hello_frame)
+            if hello_frame.ftype != FrameType.HELLO:
+                raise _ProtocolViolation(f"expected HELLO, got {hello_frame!r}")
+            hello = hello_frame.json()
+            check_hello(hello)
+            layers = LayerReport.from_dict(hello.get("layers") or {})
+            self.layers = layers.merged(
+                LayerStatus("process", True, True, f"pid {self._pid}"),
+                LayerStatus(
+                    "monitor",
+                    True,
+                    True,
+                    f"psutil RSS watchdog every {self._spawner.monitor.interval}s",
+                ),
+            )
+            self.baseline_rss = int(hello.get("rss", 0))
+            self.timings["lockdown_ms"] = float(hello.get("lockdown_ms", 0.0))
+            while True:
+                frame = read_frame(self._sock, self._cap, deadline)
+                if frame.ftype == FrameType.READY:
+                    self.timings["setup_ms"] = float(frame.json().get("setup_ms", 0.0))
+                    break
+                if frame.ftype == FrameType.FAILED:
+                    self._raise_failed(frame)
+                self._aux_frame(frame, seq, deadline, "setup")
+        except TimeoutError:
+            self._kill("time", "spawn deadline passed")
+            raise SandboxError(
+                "spawn_timeout", f"plugin host did not become ready in time ({self.spec.plugin})"
+            ) from None
+        except (PeerClosed, ConnectionError, FrameTooLarge, _ProtocolViolation, ValueError) as exc:
+            self._kill("crashed", str(exc))
+            code = self._spawner.exit_code(self._pid, timeout=1.0)
+            raise SandboxError(
+                "spawn_failed",
+                f"plugin host died during start-up (exit code {code}): {exc}",
+                plugin=self.spec.plugin,
+                exit_code=code,
+            ) from None
+        self.timings["ready_ms"] = (time.monotonic() - t0) * 1000
+        for layer in self.layers.inactive:
+            _log.warning(
+                "sandbox.layer_inactive",
+                plugin=self.spec.plugin,
+                version=self.spec.version,
+                layer=layer.name,
+                available=layer.available,
+                reason=layer.reason,
+            )
+
+
+class _ProtocolViolation(Exception):
+    pass
+
+
+class _Pending:
+    __slots__ = ("event", "result")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.result: tuple[dict[str, Any], list[int]] | None = None
+
+
+class Spawner:
+    """Owns the template process and spawns :class:`PluginHost` s from it."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        security_log: Any = None,
+        on_violation: ViolationCallback | None = None,
+        *,
+        monitor_interval: float = 0.05,
+        in_process_policy: bool = True,
+    ) -> None:
+        self.settings = settings
+        #: False runs the OS layers alone (diagnostics, benchmarks); reported per host.
+        self.in_process_policy = in_process_policy
+        self.violations = _Violations(security_log, on_violation)
+        self.monitor = ResourceMonitor(monitor_interval)
+        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._ctl: socket.socket | None = None
+        self._reader: threading.Thread | None = None
+        self._pending: dict[int, _Pending] = {}
+        self._exits: collections.OrderedDict[int, int] = collections.OrderedDict()
+        self._live: set[int] = set()
+        self._seq = itertools.count(1)
+        self.template_info: dict[str, Any] = {}
+
+    @property
+    def template_pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None and self._ctl is not None
+
+    def start(self, timeout: float = 15.0) -> bool:
+        """Start the template if it is not running; True when this call started it."""
+        with self._lock:
+            if self.running:
+                return False
+            self._start_locked(timeout)
+            return True
+
+    def _start_locked(self, timeout: float) -> None:
+        self._shutdown_template()
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "MALLOC_ARENA_MAX": "2"}
+        # MALLOC_ARENA_MAX: every thread arena reserves 64 MiB of address space, which
+        # RLIMIT_AS would count; the children inherit the setting from the template.
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-I", "-m", "plugvisor.daemon.sandbox.template",
+                 str(child.fileno())],
+                pass_fds=(child.fileno(),),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                close_fds=True,
+                cwd="/",
+            )  # fmt: skip
+        except OSError as exc:
+            parent.close()
+            raise SandboxError("template_failed", f"cannot start the sandbox template: {exc}") \
+                from exc  # fmt: skip
+        finally:
+            child.close()
+        parent.settimeout(timeout)
+        try:
+            data = parent.recv(65536)
+            info = json.loads(data) if data else {}
+        except (OSError, ValueError) as exc:
+            proc.kill()
+            proc.wait(5)
+            parent.close()
+            raise SandboxError(
+                "template_failed", f"sandbox template did not start within {timeout}s: {exc}"
+            ) from exc
+        if not info.get("ok"):
+            proc.kill()
+            proc.wait(5)
+            parent.close()
+            raise SandboxError(
+                "template_failed",
+                f"sandbox template failed: {info.get('error', 'exited during start-up')}",
+            )
+        if info.get("protocol") != PROTOCOL_VERSION:
+            proc.kill()
+            proc.wait(5)
+            parent.close()
+            check_hello(info)
+        parent.settimeout(None)
+        self._proc, self._ctl, self.template_info = proc, parent, info
+        self._reader = threading.Thread(
+            target=self._read_loop, args=(parent,), name="plugvisor-spawner", daemon=True
+        )
+        self._reader.start()
+        self.monitor.start()
+        _log.info("sandbox.template_started", **info)
+
+    def _read_loop(self, ctl: socket.socket) -> None:
+        while True:
+            try:
+                data, fds, _flags, _addr = socket.recv_fds(ctl, 65536, 2)
+            except OSError:
+                data, fds = b"", []
+            if not data:
+                for fd in fds:
+                    os.close(fd)
+                break
+            try:
+                msg = json.loads(data)
+            except ValueError:
+                _log.error("sandbox.template_garbage", size=len(data))
+                continue
+            op = msg.get("op")
+            if op in ("spawned", "spawn_failed"):
+                pending = self._pending.get(int(msg.get("seq", -1)))
+                if pending is None:
+                    for fd in fds:
+                        os.close(fd)
+                    if op == "spawn_failed":
+                        _log.error("sandbox.spawn_failed", error=msg.get("error"))
+                    continue
+                pending.result = (msg, fds)
+                pending.event.set()
+            elif op == "exited":
+                with self._cond:
+                    pid = int(msg["pid"])
+                    self._exits[pid] = int(msg["code"])
+                    self._live.discard(pid)
+                    while len(self._exits) > 4096:
+                        self._exits.popitem(last=False)
+                    self._cond.notify_all()
+        # EOF: the template is gone; its children die with it (parent-death signal).
+        with self._cond:
+            self._live.clear()
+            self._cond.notify_all()
+        for pending in list(self._pending.values()):
+            pending.event.set()
+
+    def exit_code(self, pid: int, timeout: float = 0.0) -> int | None:
+        """The child's exit code (negative: signal) once the template reaped it."""
+        with self._cond:
+            self._cond.wait_for(lambda: pid in self._exits, timeout)
+            return self._exits.get(pid)
+
+    def wait_reaped(self, pid: int, timeout: float) -> bool:
+        """Wait until the template has reaped ``pid`` (True) or the timeout passes."""
+        with self._cond:
+            return self._cond.wait_for(lambda: pid not in self._live, timeout)
+
+    def spawn(self, spec: HostSpec, timeout: float = 10.0) -> PluginHost:
+        """Fork a locked-down child from the template, import the plugin, run setup()."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            if not self.running:
+                if self._proc is not None:
+                    _log.warning("sandbox.template_restart", previous_pid=self._proc.pid)
+                self._start_locked(max(1.0, deadline - time.monotonic()))
+            ctl = self._ctl
+        assert ctl is not None
+        profile = spec.profile
+        data_dir = (
+            str(spec.data_dir)
+            if spec.data_dir is not None and getattr(profile, "writable_data_dir", False)
+            else None
+        )
+        seq = next(self._seq)
+        order = SpawnOrder(
+            seq=seq,
+            protocol=PROTOCOL_VERSION,
+            plugin=spec.plugin,
+            version=spec.version,
+            code_dir=str(spec.code_dir),
+            entrypoint=spec.entrypoint,
+            profile=profile,
+            data_dir=data_dir,
+            config=dict(spec.config),
+            max_response_bytes=int(spec.max_response_bytes),
+            sandbox_user=self.settings.sandbox_user,
+            in_process_policy=self.in_process_policy,
+        )
+        t0 = time.monotonic()
+        parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        pending = _Pending()
+        self._pending[seq] = pending
+        try:
+            with self._send_lock:
+                socket.send_fds(ctl, [pickle.dumps(order)], [child_sock.fileno()])
+            child_sock.close()
+            if not pending.event.wait(max(0.0, deadline - time.monotonic())):
+                parent_sock.close()
+                raise SandboxError("spawn_timeout", "sandbox template did not answer in time")
+        except OSError as exc:
+            parent_sock.close()
+            raise SandboxError("template_failed", f"sandbox template unreachable: {exc}") \
+                from exc  # fmt: skip
+        finally:
+            child_sock.close()
+            self._pending.pop(seq, None)
+        if pending.result is None:
+            parent_sock.close()
+            raise SandboxError("template_failed", "sandbox template exited during spawn")
+        msg, fds = pending.result
+        if msg["op"] != "spawned" or len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            parent_sock.close()
+            raise SandboxError("spawn_failed", f"template refused the spawn: {msg.get('error')}")
+        pid = int(msg["pid"])
+        with self._cond:
+            if pid not in self._exits:
+                self._live.add(pid)
+        host = PluginHost(spec, parent_sock, pid, fds[0], self)
+        try:
+            host._handshake(deadline)
+        except BaseException:
+            host.stop(grace=0.0)
+            raise
+        host.timings["spawn_ms"] = (time.monotonic() - t0) * 1000
+        self.monitor.register(host)
+        return host
+
+    def _shutdown_template(self, timeout: float = 5.0) -> None:
+        ctl, proc = self._ctl, self._proc
+        self._ctl = None
+        if ctl is not None:
+            with contextlib.suppress(OSError):
+                ctl.shutdown(socket.SHUT_RDWR)
+            ctl.close()
+        if self._reader is not None:
+            self._reader.join(timeout)
+            self._reader = None
+        if proc is not None:
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout)
+
+    def close(self) -> None:
+        """Stop the template (its remaining children get SIGKILL) and the monitor."""
+        with self._lock:
+            self.monitor.stop()
+            self._shutdown_template()
+
+    def __enter__(self) -> Spawner:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

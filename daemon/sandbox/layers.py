@@ -1,0 +1,181 @@
+"""Which sandbox layers this kernel offers and which a plugin host has active.
+
+:func:`detect_layers` probes the running system without changing the calling process
+(the network-namespace probe runs in a throw-away interpreter, because the caller may be
+a multi-threaded daemon that must not fork). A spawned host reports what it actually
+applied in its HELLO frame (``PluginHost.layers``); ``plugvisor sandbox-check`` shows both.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["LAYER_NAMES", "LayerReport", "LayerStatus", "detect_layers"]
+
+#: Every layer, in the order the child applies them.
+LAYER_NAMES = (
+    "process",
+    "session",
+    "fds_env",
+    "rlimits",
+    "netns",
+    "privileges",
+    "no_new_privs",
+    "landlock",
+    "seccomp",
+    "policy",
+    "monitor",
+)
+
+
+@dataclass(frozen=True)
+class LayerStatus:
+    """One layer: does the system offer it, is it in force, and why not when it is not."""
+
+    name: str
+    available: bool
+    active: bool
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"available": self.available, "active": self.active, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """Every layer's status, in :data:`LAYER_NAMES` order."""
+
+    layers: tuple[LayerStatus, ...]
+
+    def __getitem__(self, name: str) -> LayerStatus:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[LayerStatus]:
+        return iter(self.layers)
+
+    def __contains__(self, name: object) -> bool:
+        return any(layer.name == name for layer in self.layers)
+
+    @property
+    def inactive(self) -> tuple[LayerStatus, ...]:
+        """Layers not in force (a warning each; never a silent gap)."""
+        return tuple(layer for layer in self.layers if not layer.active)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {layer.name: layer.to_dict() for layer in self.layers}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LayerReport:
+        return cls(
+            tuple(
+                LayerStatus(
+                    str(name),
+                    bool(v.get("available")),
+                    bool(v.get("active")),
+                    str(v.get("reason", "")),
+                )
+                for name, v in data.items()
+                if isinstance(v, dict)
+            )
+        )
+
+    def merged(self, *extra: LayerStatus) -> LayerReport:
+        """A copy with ``extra`` replacing or adding layers, kept in canonical order."""
+        by_name = {layer.name: layer for layer in self.layers}
+        by_name.update({layer.name: layer for layer in extra})
+        order = {n: i for i, n in enumerate(LAYER_NAMES)}
+        return LayerReport(
+            tuple(sorted(by_name.values(), key=lambda s: order.get(s.name, len(order))))
+        )
+
+
+_NETNS_PROBE = (
+    "import ctypes,os,sys\n"
+    "l=ctypes.CDLL(None,use_errno=True)\n"
+    "r=l.unshare(0x40000000)\n"
+    "sys.stdout.write('' if r==0 else os.strerror(ctypes.get_errno()))\n"
+)
+
+
+def _probe_netns() -> str:
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-I", "-S", "-c", _NETNS_PROBE],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"probe failed: {exc}"
+    if proc.returncode != 0:
+        return f"probe failed: {proc.stderr.strip()[-200:]}"
+    return f"unshare(CLONE_NEWNET) refused: {proc.stdout}" if proc.stdout else ""
+
+
+def _seccomp_reason() -> str:
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            if not any(line.startswith("Seccomp:") for line in fh):
+                return "kernel without seccomp"
+    except OSError as exc:
+        return f"cannot read /proc/self/status: {exc}"
+    try:
+        import pyseccomp  # noqa: F401, PLC0415 -- finds libseccomp at import
+    except (ImportError, RuntimeError, OSError) as exc:
+        return f"pyseccomp/libseccomp unusable: {exc}"
+    return ""
+
+
+def detect_layers(sandbox_user: str = "nobody") -> LayerReport:
+    """Probe this system: ``available`` (the kernel offers it) and ``active`` (a host started
+    from this process will apply it)."""
+    from plugvisor.daemon.sandbox.lockdown import landlock_abi, resolve_user  # noqa: PLC0415
+
+    is_root = os.geteuid() == 0
+    out: list[LayerStatus] = [
+        LayerStatus("process", True, True, "one process per plugin version"),
+        LayerStatus("session", True, True, "setsid, parent-death signal"),
+        LayerStatus("fds_env", True, True, "fds closed, environment emptied"),
+        LayerStatus("rlimits", True, True, "AS, CPU, NOFILE, FSIZE, CORE, MEMLOCK, NPROC"),
+    ]
+    netns = _probe_netns()
+    out.append(LayerStatus("netns", not netns, not netns, netns or "private network namespace"))
+    if is_root:
+        try:
+            uid, gid = resolve_user(sandbox_user)
+            out.append(LayerStatus("privileges", True, True, f"{sandbox_user} uid={uid} gid={gid}"))
+        except LookupError as exc:
+            out.append(LayerStatus("privileges", True, False, str(exc)))
+    else:
+        out.append(LayerStatus("privileges", False, False, "daemon not running as root"))
+    out.append(LayerStatus("no_new_privs", True, True, "PR_SET_NO_NEW_PRIVS"))
+    abi = landlock_abi()
+    out.append(
+        LayerStatus(
+            "landlock", abi > 0, abi > 0, f"ABI {abi}" if abi else "kernel without Landlock"
+        )
+    )
+    sec = _seccomp_reason()
+    out.append(LayerStatus("seccomp", not sec, not sec, sec or "BPF syscall filter"))
+    try:
+        from plugvisor.daemon.sandbox import policy  # noqa: F401, PLC0415
+
+        out.append(LayerStatus("policy", True, True, "PEP 578 audit hook + import policy"))
+    except ImportError as exc:
+        out.append(LayerStatus("policy", False, False, f"policy module missing: {exc}"))
+    try:
+        import psutil  # noqa: F401, PLC0415
+
+        out.append(LayerStatus("monitor", True, True, "psutil RSS watchdog"))
+    except ImportError as exc:
+        out.append(LayerStatus("monitor", False, False, f"psutil missing: {exc}"))
+    return LayerReport(tuple(out))

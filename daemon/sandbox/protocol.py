@@ -1,0 +1,205 @@
+"""The framed, versioned protocol between the daemon side and one sandboxed plugin host.
+
+A frame is a 9-byte header ``!IBI`` (payload length, frame type, request sequence number)
+followed by the payload, over a ``SOCK_STREAM`` Unix socketpair. Payloads are JSON bytes;
+call requests and responses are passed through as the bytes the caller gave and the child
+produced, so the parent never re-encodes them on the fast path. A reader checks the length
+against its cap *before* allocating, so a hostile child cannot make the parent allocate.
+
+The child speaks first: ``HELLO`` carries :data:`PROTOCOL_VERSION` and the lock-down report;
+a parent that finds another version refuses the host with ``sandbox.protocol_mismatch``.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import socket
+import struct
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from plugvisor.core.errors import SandboxError
+
+__all__ = [
+    "HEADER",
+    "PROTOCOL_VERSION",
+    "Frame",
+    "FrameTooLarge",
+    "FrameType",
+    "PeerClosed",
+    "SpawnOrder",
+    "check_hello",
+    "encode_frame",
+    "error_envelope",
+    "ok_envelope",
+    "read_frame",
+    "send_frame",
+]
+
+#: Bump when a frame type or payload shape changes incompatibly.
+PROTOCOL_VERSION = 1
+
+HEADER = struct.Struct("!IBI")
+_HEADER_SIZE = HEADER.size
+
+
+class FrameType(enum.IntEnum):
+    """Frame types; the direction is fixed per type."""
+
+    #: child -> parent, first frame: ``{"protocol", "pid", "layers", "error"?}``.
+    HELLO = 1
+    #: child -> parent: setup() finished (``{}``) -- the host is ready for calls.
+    READY = 2
+    #: parent -> child: request JSON bytes, passed through untouched.
+    CALL = 3
+    #: child -> parent: a whole response envelope (``{"ok": true, ...}`` or an error one).
+    RESULT = 4
+    #: child -> parent: ``{"sql", "params"}``; parent -> child: ``DB_RESULT``.
+    DB = 5
+    #: parent -> child: ``{"rows": [...]}`` or ``{"error": {"code", "message"}}``.
+    DB_RESULT = 6
+    #: child -> parent: ``{"level", "event", "fields"}``; no answer.
+    LOG = 7
+    #: child -> parent: ``{"kind", "detail"}`` -- a policy/budget violation seen inside.
+    VIOLATION = 8
+    #: parent -> child: run health(); answered by ``RESULT``.
+    HEALTH = 9
+    #: parent -> child: run teardown() and exit; answered by ``RESULT`` then EOF.
+    STOP = 10
+    #: child -> parent: setup or lock-down failed; an error envelope, then the child exits.
+    FAILED = 11
+
+
+class PeerClosed(ConnectionError):
+    """The other end closed the channel (the child died or exited)."""
+
+
+class FrameTooLarge(ValueError):
+    """A frame header announced more bytes than the reader's cap allows."""
+
+    def __init__(self, ftype: int, size: int, cap: int) -> None:
+        super().__init__(f"frame type {ftype} of {size} bytes exceeds the cap of {cap} bytes")
+        self.ftype = ftype
+        self.size = size
+        self.cap = cap
+
+
+class Frame:
+    """One received frame (a plain slotted class: built once per frame on the fast path)."""
+
+    __slots__ = ("ftype", "payload", "seq")
+
+    def __init__(self, ftype: int, seq: int, payload: bytes) -> None:
+        self.ftype = ftype
+        self.seq = seq
+        self.payload = payload
+
+    def json(self) -> Any:
+        """The payload decoded as JSON."""
+        return json.loads(self.payload)
+
+    def __repr__(self) -> str:
+        return f"Frame({FrameType(self.ftype).name}, seq={self.seq}, {len(self.payload)} bytes)"
+
+
+def encode_frame(ftype: int, seq: int, payload: bytes) -> bytes:
+    """Header + payload as one bytes object (one copy of the payload, one send)."""
+    return HEADER.pack(len(payload), ftype, seq) + payload
+
+
+def send_frame(sock: socket.socket, ftype: int, seq: int, payload: bytes = b"") -> None:
+    """Send one frame; large payloads go out without being copied behind the header."""
+    if len(payload) <= 65536:
+        sock.sendall(HEADER.pack(len(payload), ftype, seq) + payload)
+    else:
+        sock.sendall(HEADER.pack(len(payload), ftype, seq))
+        sock.sendall(payload)
+
+
+def _recv_exact(sock: socket.socket, size: int, deadline: float | None) -> bytes:
+    buf = bytearray(size)
+    view = memoryview(buf)
+    got = 0
+    while got < size:
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("deadline passed while reading a frame")
+            sock.settimeout(remaining)
+        n = sock.recv_into(view[got:], size - got)
+        if n == 0:
+            raise PeerClosed("peer closed the channel")
+        got += n
+    return bytes(buf)
+
+
+def read_frame(sock: socket.socket, cap: int, deadline: float | None = None) -> Frame:
+    """Read one frame; raises ``TimeoutError``, :class:`PeerClosed` or :class:`FrameTooLarge`.
+
+    ``deadline`` is a ``time.monotonic()`` instant; None blocks (the socket's own timeout).
+    On ``FrameTooLarge`` the stream is out of sync: the caller must drop the channel.
+    """
+    if deadline is not None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("deadline passed before a frame arrived")
+        sock.settimeout(remaining)
+    # Fast path: header and a small payload usually arrive in one segment.
+    head = sock.recv(_HEADER_SIZE)
+    if not head:
+        raise PeerClosed("peer closed the channel")
+    if len(head) < _HEADER_SIZE:
+        head += _recv_exact(sock, _HEADER_SIZE - len(head), deadline)
+    size, ftype, seq = HEADER.unpack(head)
+    if size > cap:
+        raise FrameTooLarge(ftype, size, cap)
+    payload = _recv_exact(sock, size, deadline) if size else b""
+    return Frame(ftype, seq, payload)
+
+
+def ok_envelope(result_json: bytes) -> bytes:
+    """``{"ok":true,"result":<result_json>}`` built by concatenation, not re-encoding."""
+    return b'{"ok":true,"result":' + result_json + b"}"
+
+
+def error_envelope(code: str, message: str, **details: Any) -> bytes:
+    """``{"ok":false,"error":{"code","message"[,"details"]}}`` as compact JSON bytes."""
+    err: dict[str, Any] = {"code": code, "message": message}
+    if details:
+        err["details"] = details
+    return json.dumps({"ok": False, "error": err}, separators=(",", ":")).encode()
+
+
+def check_hello(hello: Any) -> None:
+    """Refuse a HELLO from another protocol version with a message that says what to do."""
+    version = hello.get("protocol") if isinstance(hello, dict) else None
+    if version != PROTOCOL_VERSION:
+        raise SandboxError(
+            "protocol_mismatch",
+            f"plugin host speaks protocol {version!r}, this daemon speaks {PROTOCOL_VERSION}: "
+            "the sandbox template runs other plugvisor code than the daemon; restart the "
+            "daemon (or the process embedding the sandbox) after upgrading plugvisor",
+            got=version,
+            expected=PROTOCOL_VERSION,
+        )
+
+
+@dataclass(frozen=True)
+class SpawnOrder:
+    """One spawn request from the parent (pickled over the trusted control channel)."""
+
+    seq: int
+    protocol: int
+    plugin: str
+    version: str
+    code_dir: str
+    entrypoint: str
+    profile: Any  # SecurityProfile
+    data_dir: str | None  # only when the profile makes it writable
+    config: dict[str, Any]
+    max_response_bytes: int
+    sandbox_user: str
+    #: False only to run the OS layers alone (diagnostics); reported as an inactive layer.
+    in_process_policy: bool = True

@@ -1,0 +1,397 @@
+"""The sandbox template (zygote): a pre-imported, single-threaded process that forks hosts.
+
+Why exec a fresh interpreter (``python -I -m plugvisor.daemon.sandbox.template``) rather
+than fork the caller: the caller is typically the daemon, multi-threaded (call socket,
+monitor, kombu consumer), and a fork of a threaded process inherits locks held by other
+threads (logging, import lock, allocator) and every open fd and secret in memory
+(registry connections, keys). An exec'd template starts from nothing, imports exactly the
+runtime and the allowed standard library once, opens the read-only O_PATH handles and builds
+the seccomp BPF while root, and stays single-threaded -- so a fork of *it* is safe and
+cheap (the children share its warm pages). ``-I`` keeps the venv (``pyvenv.cfg``) but
+ignores ``PYTHON*`` variables and the user site; the ~60 ms interpreter start is paid once.
+
+Control channel: a ``SOCK_SEQPACKET`` socketpair (message boundaries keep each request
+and its passed fd together). Parent -> template: a pickled :class:`SpawnOrder` plus the
+child's end of a fresh channel via ``SCM_RIGHTS`` (the parent is the trusted side; the
+template never reads anything a plugin wrote). Template -> parent: JSON
+``{"op": "spawned", "seq", "pid"}`` with a pidfd for race-free signalling, ``{"op":
+"spawn_failed", "seq", "error"}``, and ``{"op": "exited", "pid", "code"}`` once the template
+has reaped a child. The template multiplexes the control socket and every child's pidfd in
+one ``selectors`` loop, so concurrent spawns never wait on each other and every child is
+reaped as soon as it exits (no zombies). The template exits when the parent closes the
+control channel; its children get SIGKILL then (parent-death signal).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pickle
+import selectors
+import signal
+import socket
+import sys
+import time
+import traceback
+from typing import Any
+
+from plugvisor.daemon.sandbox.protocol import SpawnOrder
+
+__all__ = ["PRELOAD", "main"]
+
+#: Imported once in the template so every child has them without touching the disk
+#: (Landlock would allow the stdlib, but pre-importing is faster and also covers
+#: C extensions whose shared libraries sit outside the allowed trees).
+PRELOAD = [
+    "json",
+    "re",
+    "math",
+    "cmath",
+    "decimal",
+    "fractions",
+    "statistics",
+    "random",
+    "datetime",
+    "time",
+    "calendar",
+    "zoneinfo",
+    "collections",
+    "collections.abc",
+    "itertools",
+    "functools",
+    "operator",
+    "heapq",
+    "bisect",
+    "array",
+    "copy",
+    "dataclasses",
+    "enum",
+    "typing",
+    "abc",
+    "string",
+    "textwrap",
+    "unicodedata",
+    "difflib",
+    "hashlib",
+    "hmac",
+    "base64",
+    "binascii",
+    "uuid",
+    "struct",
+    "csv",
+    "io",
+    "html",
+    "html.parser",
+    "html.entities",
+    "urllib.parse",
+    "ipaddress",
+    "contextlib",
+    "traceback",
+    "logging",
+    "numbers",
+    "fractions",
+    "pprint",
+    "weakref",
+    "types",
+    "_strptime",
+    "locale",
+    "encodings.idna",
+    "encodings.utf_16",
+    "encodings.utf_32",
+    "encodings.latin_1",
+    "encodings.ascii",
+    "encodings.cp1252",
+    "encodings.utf_8_sig",
+    "encodings.punycode",
+    "encodings.unicode_escape",
+    "encodings.raw_unicode_escape",
+    "encodings.base64_codec",
+    "encodings.hex_codec",
+    "importlib",
+    "importlib.resources",
+    "importlib.resources.abc",
+    "importlib.util",
+    "importlib.machinery",
+    "zipfile",
+    "shlex",
+    "secrets",
+    "graphlib",
+    "pyseccomp",
+    "ctypes",
+    "ctypes.util",
+]
+
+
+def _preload() -> None:
+    import importlib  # noqa: PLC0415
+
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            continue  # optional on this Python build (e.g. no _ctypes); checked at spawn
+    # The runtime itself, so the child never imports plugvisor code after the lock-down.
+    import plugvisor.daemon.sandbox._fallback_policy  # noqa: PLC0415
+    import plugvisor.daemon.sandbox.child  # noqa: PLC0415
+    import plugvisor.daemon.sandbox.lockdown  # noqa: PLC0415
+
+    # A missing policy module is reported as the "policy" layer missing.
+    with contextlib.suppress(ImportError):
+        import plugvisor.daemon.sandbox.policy  # noqa: F401, PLC0415
+
+
+def _send(ctl: socket.socket, msg: dict[str, Any], fds: list[int] | None = None) -> None:
+    data = json.dumps(msg).encode()
+    if fds:
+        socket.send_fds(ctl, [data], fds)
+    else:
+        ctl.send(data)
+
+
+class _Template:
+    def __init__(self, ctl: socket.socket) -> None:
+        from plugvisor.daemon.sandbox.lockdown import prepare  # noqa: PLC0415
+
+        self.ctl = ctl
+        self.res = prepare()
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(ctl, selectors.EVENT_READ, None)
+        self.children: dict[int, int] = {}  # pidfd -> pid
+        self.users: dict[str, tuple[int, int]] = {}
+
+    def loop(self) -> None:
+        while True:
+            for key, _ in self.sel.select():
+                if key.data is None:
+                    if not self._on_control():
+                        return
+                else:
+                    self._reap(key.fd)
+
+    def _on_control(self) -> bool:
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(self.ctl, 1 << 22, 4)
+        except (ConnectionError, OSError):
+            return False
+        if not data:
+            for fd in fds:
+                os.close(fd)
+            return False  # the parent closed the channel: we are done
+        try:
+            order = pickle.loads(data)  # noqa: S301 -- from the trusted parent only
+            if not isinstance(order, SpawnOrder) or len(fds) != 1:
+                raise ValueError("malformed spawn order")
+        except (pickle.UnpicklingError, ValueError, AttributeError, ImportError) as exc:
+            for fd in fds:
+                os.close(fd)
+            _send(self.ctl, {"op": "spawn_failed", "seq": -1, "error": str(exc)})
+            return True
+        self._spawn(order, fds[0])
+        return True
+
+    def _user(self, name: str) -> tuple[int, int] | None:
+        from plugvisor.daemon.sandbox.lockdown import resolve_user  # noqa: PLC0415
+
+        if os.geteuid() != 0:
+            return None
+        if name not in self.users:
+            self.users[name] = resolve_user(name)
+        return self.users[name]
+
+    def _spawn(self, order: SpawnOrder, chan_fd: int) -> None:
+        try:
+            ids = self._user(order.sandbox_user)
+            pid = os.fork()
+        except (OSError, LookupError) as exc:
+            os.close(chan_fd)
+            _send(self.ctl, {"op": "spawn_failed", "seq": order.seq, "error": str(exc)})
+            return
+        if pid == 0:  # pragma: no cover - runs in the child, reported over its channel
+            code = 70
+            try:
+                code = _child_main(order, chan_fd, self.res, ids)
+            except BaseException:  # never fall back into the template's loop
+                _last_words(chan_fd)
+            finally:
+                os._exit(code)
+        os.close(chan_fd)
+        pidfd = os.pidfd_open(pid)
+        self.children[pidfd] = pid
+        self.sel.register(pidfd, selectors.EVENT_READ, pid)
+        _send(self.ctl, {"op": "spawned", "seq": order.seq, "pid": pid}, [pidfd])
+
+    def _reap(self, pidfd: int) -> None:
+        pid = self.children.pop(pidfd)
+        self.sel.unregister(pidfd)
+        os.close(pidfd)
+        try:
+            _, status = os.waitpid(pid, 0)  # readable pidfd: it has exited, no blocking
+            code = os.waitstatus_to_exitcode(status)
+        except ChildProcessError:
+            code = -1
+        with contextlib.suppress(OSError):  # parent gone: we exit on the next control read
+            _send(self.ctl, {"op": "exited", "pid": pid, "code": code})
+
+
+def _last_words(chan_fd: int) -> None:
+    """Best effort: tell the parent why the child is dying (it logs the trace)."""
+    from plugvisor.daemon.sandbox.protocol import FrameType, encode_frame, error_envelope  # noqa: PLC0415
+
+    try:
+        env = error_envelope(
+            "sandbox.runtime_error",
+            "plugin runtime failed",
+            trace=traceback.format_exc(limit=8)[-3000:],
+        )
+        os.write(chan_fd, encode_frame(FrameType.FAILED, 0, env))
+    except OSError:
+        pass  # the parent is gone
+
+
+def _child_main(order: SpawnOrder, chan_fd: int, res: Any, ids: tuple[int, int] | None) -> int:
+    """In the forked child: open handles as root, lock down, then serve the plugin."""
+    from plugvisor.daemon.sandbox.child import ChildConfig, serve  # noqa: PLC0415
+    from plugvisor.daemon.sandbox.lockdown import LockdownPlan, lock_down  # noqa: PLC0415
+    from plugvisor.daemon.sandbox.protocol import (  # noqa: PLC0415
+        PROTOCOL_VERSION,
+        FrameType,
+        error_envelope,
+        send_frame,
+    )
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    sock = socket.socket(fileno=chan_fd)
+    is_root = os.geteuid() == 0
+    try:
+        # Opened while still root: the state dir may sit under a directory the sandbox
+        # user cannot traverse (pytest's /tmp/pytest-of-root is 0700, a clone under
+        # /root). The child reaches the code through /proc/self/fd/N -- the magic link
+        # skips the ancestors' permission checks -- and Landlock's rule attaches to the
+        # inode via the same handle. The code dir itself must be readable by the user
+        # (the version store makes it 0o555).
+        flags = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+        code_fd = os.open(order.code_dir, flags)
+        data_fd = None
+        if order.data_dir is not None:
+            if ids is not None:
+                os.chown(order.data_dir, ids[0], ids[1], follow_symlinks=False)
+            data_fd = os.open(order.data_dir, flags | os.O_NOFOLLOW)
+        plan = LockdownPlan(
+            channel_fd=chan_fd,
+            code_fd=code_fd,
+            data_fd=data_fd,
+            memory_limit=int(order.profile.memory_limit),
+            max_files=int(order.profile.max_files),
+            cpu_seconds=float(order.profile.max_execution_time) * 2 + 5,
+            network_allowed=bool(order.profile.network_allowed),
+            uid=ids[0] if ids else None,
+            gid=ids[1] if ids else None,
+        )
+        layers, lock_ms = lock_down(plan, res, is_root)
+    except Exception as exc:  # any failure here must reach the parent, not vanish
+        send_frame(sock, FrameType.HELLO, 0, json.dumps({"protocol": PROTOCOL_VERSION}).encode())
+        send_frame(
+            sock,
+            FrameType.FAILED,
+            0,
+            error_envelope(
+                "sandbox.lockdown_failed",
+                f"lock-down failed: {type(exc).__name__}: {exc}",
+                trace=traceback.format_exc(limit=3)[-1500:],
+            ),
+        )
+        return 3
+    install = _policy_installer(order.in_process_policy)
+    cfg = ChildConfig(
+        plugin=order.plugin,
+        version=order.version,
+        entrypoint=order.entrypoint,
+        profile=order.profile,
+        plugin_root=f"/proc/self/fd/{code_fd}",
+        data_dir=f"/proc/self/fd/{data_fd}" if data_fd is not None else None,
+        config=order.config,
+        max_response_bytes=order.max_response_bytes,
+    )
+    hello = {
+        "layers": {layer.name: layer.to_dict() for layer in layers} | {"policy": install[1]},
+        "lockdown_ms": round(lock_ms, 3),
+    }
+    try:
+        return serve(sock, cfg, hello, install[0])
+    except Exception as exc:  # a runtime bug: tell the parent, which logs it
+        with contextlib.suppress(OSError):  # the parent is gone: nothing left to tell
+            send_frame(
+                sock,
+                FrameType.FAILED,
+                0,
+                error_envelope(
+                    "sandbox.runtime_error",
+                    f"plugin runtime failed: {type(exc).__name__}: {exc}",
+                    trace=traceback.format_exc(limit=6)[-3000:],
+                ),
+            )
+        return 6
+
+
+def _policy_installer(wanted: bool) -> tuple[Any, dict[str, Any]]:
+    from plugvisor.daemon.sandbox._fallback_policy import (  # noqa: PLC0415
+        install_fallback_policy,
+    )
+
+    try:
+        from plugvisor.daemon.sandbox.policy import install_policy  # noqa: PLC0415
+    except ImportError as exc:
+        return install_fallback_policy, {
+            "available": False,
+            "active": False,
+            "reason": f"in-process policy module missing ({exc}); OS layers only",
+        }
+    if not wanted:
+        return install_fallback_policy, {
+            "available": True,
+            "active": False,
+            "reason": "disabled by the spawner (OS layers only)",
+        }
+    return install_policy, {
+        "available": True,
+        "active": True,
+        "reason": "PEP 578 audit hook, import policy, restricted builtins",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: ``python -I -m plugvisor.daemon.sandbox.template CONTROL_FD``."""
+    args = sys.argv[1:] if argv is None else argv
+    ctl = socket.socket(fileno=int(args[0]))
+    # Ctrl-C in a terminal reaches the whole foreground group: the daemon decides.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    t0 = time.perf_counter()
+    _preload()
+    from plugvisor.daemon.sandbox.protocol import PROTOCOL_VERSION  # noqa: PLC0415
+
+    try:
+        tpl = _Template(ctl)
+    except Exception as exc:  # report, then die: the parent raises sandbox.template_failed
+        _send(ctl, {"op": "ready", "ok": False, "error": f"{type(exc).__name__}: {exc}"})
+        return 1
+    _send(
+        ctl,
+        {
+            "op": "ready",
+            "ok": True,
+            "protocol": PROTOCOL_VERSION,
+            "pid": os.getpid(),
+            "start_ms": round((time.perf_counter() - t0) * 1000, 1),
+            "landlock_abi": tpl.res.landlock_abi,
+            "seccomp": tpl.res.seccomp_reason or "ok",
+            "netns": tpl.res.netns_reason or "ok",
+        },
+    )
+    tpl.loop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
