@@ -792,7 +792,14 @@ def extract_archive(
     limits = limits or ArchiveLimits()
     if dest.exists() or dest.is_symlink():
         raise ConflictError("exists", f"{dest} already exists", path=str(dest))
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent))
+    except OSError as exc:
+        raise StateError(
+            "io",
+            f"cannot create a directory beside {dest}: {exc.strerror or exc}",
+            path=str(dest),
+        ) from exc
     try:
         scan = _Scan(limits, trusted_keys, strict=True, dest=tmp)
         scan.run(archive)

@@ -44,12 +44,13 @@ BASE: dict[str, bytes] = {
     "demo/__init__.py": b"class Plugin:\n    def handle(self, request):\n        return request\n",
 }
 MiB = 1024 * 1024
+Entry = tuple[tarfile.TarInfo, bytes | None]
 
 
 # ---- building archives by hand -------------------------------------------------------
 
 
-def _info(name: str, data: bytes = b"", *, kind: bytes = tarfile.REGTYPE, link: str = "") -> tuple:
+def _info(name: str, data: bytes = b"", *, kind: bytes = tarfile.REGTYPE, link: str = "") -> Entry:
     info = tarfile.TarInfo(name)
     info.type = kind
     info.size = len(data) if kind == tarfile.REGTYPE else 0
@@ -77,7 +78,7 @@ def _sig(manifest: bytes, key: Ed25519PrivateKey) -> bytes:
     return json.dumps(doc).encode()
 
 
-def _tar(entries: Iterable[tuple], fmt: int = tarfile.PAX_FORMAT) -> bytes:
+def _tar(entries: Iterable[Entry], fmt: int = tarfile.PAX_FORMAT) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(
         fileobj=buf, mode="w", format=fmt, encoding="utf-8", errors="surrogateescape"
@@ -92,10 +93,10 @@ def _signed(
     files: dict[str, bytes] | None = None,
     *,
     listed: dict[str, bytes] | None = None,
-    extra: Iterable[tuple] = (),
+    extra: Iterable[Entry] = (),
     name: str = "demo",
     version: str = "1.0.0",
-) -> list[tuple]:
+) -> list[Entry]:
     """MANIFEST.json (over ``listed``, default ``files``) + MANIFEST.sig + files + extra."""
     files = dict(BASE) if files is None else files
     manifest = _manifest(files if listed is None else listed, name, version)
@@ -196,7 +197,7 @@ def test_special_file(tmp_path: Path, key, trusted, kind: bytes) -> None:
     ],
     ids=["file", "manifest-member", "directory", "under-file", "file-and-dir"],
 )
-def test_duplicate_member(tmp_path: Path, key, trusted, extra: list[tuple]) -> None:
+def test_duplicate_member(tmp_path: Path, key, trusted, extra: list[Entry]) -> None:
     data = gzip.compress(_tar(_signed(key, extra=extra)))
     assert _refused(tmp_path, data, trusted) == "archive.duplicate_member"
 
