@@ -29,13 +29,16 @@ from plugvisor.core.errors import PlugvisorError
 from plugvisor.core.profile import SecurityProfile, load_profile
 from plugvisor.state.layout import StateLayout
 
+# Missing modules make every test skip loudly, naming the module, instead of erroring.
+_IMPORT_ERRORS: list[str] = []
 try:
     from plugvisor.daemon.sandbox import HostSpec, Spawner, detect_layers
+except ImportError as exc:
+    _IMPORT_ERRORS.append(f"plugvisor.daemon.sandbox (HostSpec/Spawner) missing: {exc}")
+try:
     from plugvisor.state.security_log import SecurityLog
-
-    _IMPORT_ERROR: ImportError | None = None
-except ImportError as exc:  # the sandbox is being built in parallel; say so loudly
-    _IMPORT_ERROR = exc
+except ImportError as exc:
+    _IMPORT_ERRORS.append(f"plugvisor.state.security_log (SecurityLog) missing: {exc}")
 
 PLUGINS_DIR = Path(__file__).parent / "plugins"
 #: The request the benign control plugin gets, and what it must answer.
@@ -44,8 +47,8 @@ ECHO_ANSWER: dict[str, Any] = {"echo": ECHO_REQUEST, "type": "dict"}
 
 
 def _require_sandbox() -> None:
-    if _IMPORT_ERROR is not None:
-        pytest.skip(f"plugvisor.daemon.sandbox (Spawner/HostSpec) missing: {_IMPORT_ERROR}")
+    if _IMPORT_ERRORS:
+        pytest.skip("; ".join(_IMPORT_ERRORS))
 
 
 def _mkdtemp(mode: int, prefix: str) -> Path:
@@ -176,20 +179,7 @@ class SandboxKit:
     def layer_available(self, layer: str) -> bool:
         """Whether ``detect_layers()`` reports ``layer`` (e.g. ``landlock``) as available."""
         report = detect_layers()
-        entry: Any = None
-        for source in (getattr(report, "layers", None), report):
-            if isinstance(source, dict) and layer in source:
-                entry = source[layer]
-                break
-        if entry is None:
-            entry = getattr(report, layer, None)
-        if entry is None:
-            return False
-        if isinstance(entry, bool):
-            return entry
-        if isinstance(entry, dict):
-            return bool(entry.get("available"))
-        return bool(getattr(entry, "available", False))
+        return layer in report and bool(report[layer].available)
 
     def stop_all(self) -> None:
         for host in self.hosts:
