@@ -342,7 +342,16 @@ _BODIES: Mapping[str, Callable[[JobRun, Settings], None]] = {
 }
 
 
+#: The task callables, built once: every app registers the same functions.
+_RUNNERS = {short: _job_body(body) for short, body in _BODIES.items()}
+
+
 def register_tasks(app: Celery) -> None:
-    """Register every job task on ``app`` under :data:`TASK_NAMES`."""
-    for short, body in _BODIES.items():
-        app.task(name=TASK_NAMES[short], bind=True, base=JobTask)(_job_body(body))
+    """Register every job task on ``app`` under :data:`TASK_NAMES`.
+
+    ``shared=False``: Celery would otherwise add each task to every app created later in
+    the process (the API may hold apps for several settings), which is not what a
+    factory wants.
+    """
+    for short, run in _RUNNERS.items():
+        app.task(name=TASK_NAMES[short], bind=True, base=JobTask, shared=False)(run)

@@ -1,0 +1,381 @@
+"""Upload, audit and review jobs through a real ``plugvisor worker`` on a real broker.
+
+The worker is a subprocess (``plugvisor --state-dir D worker``, prefork pool) consuming
+from the embedded SQLite broker, and from RabbitMQ when the ``rabbitmq_url`` fixture can
+start one. Plugins are built and signed on the fly; nothing is mocked. Jobs are awaited
+by polling their registry record with a deadline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import subprocess
+import tarfile
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from plugvisor.core.archive import pack
+from plugvisor.core.config import Settings, load_settings
+from plugvisor.core.errors import JobError
+from plugvisor.core.signing import generate_keypair
+from plugvisor.state.install import install_archive
+from plugvisor.state.layout import StateLayout
+from plugvisor.state.quarantine import Quarantine
+from plugvisor.state.registry import JobStatus, Registry, VersionStatus
+from plugvisor.state.trust import TrustStore
+from plugvisor.workers.app import get_app
+from plugvisor.workers.jobs import start_job, wait_for_job
+from plugvisor.workers.tasks import TASK_NAMES
+
+REPO = Path(__file__).resolve().parents[2]
+PLUGVISOR = REPO / ".venv" / "bin" / "plugvisor"
+JOB_TIMEOUT = 60.0
+
+CLEAN_SOURCE = '''
+"""A clean plugin: pure computation."""
+import json
+
+
+class Plugin:
+    def handle(self, request):
+        return {"echo": json.loads(json.dumps(request)), "n": len(str(request))}
+'''
+
+RISKY_SOURCE = '''
+"""A plugin that shells out and evaluates input."""
+import subprocess
+
+
+class Plugin:
+    def handle(self, request):
+        out = subprocess.check_output(request["cmd"], shell=True)
+        return {"out": out.decode(), "value": eval(request["expr"])}
+'''
+
+
+@dataclasses.dataclass
+class WorkerKit:
+    """A state directory with a trusted signing key and a worker process serving it."""
+
+    root: Path
+    settings: Settings
+    key: Path
+    untrusted_key: Path
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    _counter: int = 0
+
+    @property
+    def layout(self) -> StateLayout:
+        return StateLayout(self.root)
+
+    def registry(self) -> Registry:
+        return Registry(self.layout)
+
+    def build(
+        self,
+        source: str,
+        *,
+        name: str | None = None,
+        version: str = "1.0.0",
+        key: Path | None = None,
+    ) -> Path:
+        """Write a plugin directory, pack and sign it; the archive path."""
+        self._counter += 1
+        name = name or f"plug{self._counter}"
+        src = self.root.parent / f"src-{name}-{version}"
+        (src / name).mkdir(parents=True)
+        (src / "plugin.yaml").write_text(
+            f"name: {name}\nversion: {version}\napi: 1\nentrypoint: {name}:Plugin\n"
+            "profile: default\ndescription: test plugin\n"
+        )
+        (src / name / "__init__.py").write_text(textwrap.dedent(source).lstrip())
+        out = self.root.parent / "archives"
+        out.mkdir(exist_ok=True)
+        return pack(src, key or self.key, out)
+
+    def upload(self, archive: Path, key: str | None = None) -> Any:
+        job_id = start_job(self.settings, "upload", {"archive": str(archive)}, key)
+        return wait_for_job(self.settings, job_id, JOB_TIMEOUT)
+
+    def worker_log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+
+def _start_worker(root: Path, env_extra: dict[str, str]) -> tuple[subprocess.Popen[bytes], Path]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PLUGVISOR_")}
+    env.update(env_extra)
+    log_path = root.parent / "worker.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [str(PLUGVISOR), "--state-dir", str(root), "worker", "--concurrency", "1"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    return proc, log_path
+
+
+def _stop_worker(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()  # warm shutdown: finish the current task, requeue nothing acked
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "rabbitmq"])
+def kit(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerKit]:
+    """One worker per broker for the module (start-up ~1 s; the tests share it)."""
+    env_extra = {
+        "PLUGVISOR_BROKER_POLLING_INTERVAL": "0.01",
+        "PLUGVISOR_LOG_FORMAT": "console",
+    }
+    if request.param == "rabbitmq":
+        try:
+            url = request.getfixturevalue("rabbitmq_url")
+        except pytest.FixtureLookupError:
+            pytest.skip("RabbitMQ variant: no rabbitmq_url fixture in tests/conftest.py")
+        env_extra["PLUGVISOR_BROKER_URL"] = url
+    base = tmp_path_factory.mktemp(f"workers-{request.param}")
+    root = base / "state"
+    overrides: dict[str, Any] = {
+        "state_dir": str(root),
+        "broker_polling_interval": 0.01,
+        "broker_url": env_extra.get("PLUGVISOR_BROKER_URL", ""),
+    }
+    settings = load_settings(overrides, env={})
+    StateLayout(root).ensure()
+    generate_keypair(base / "signer")
+    generate_keypair(base / "stranger")
+    TrustStore(root).trust(base / "signer.pub")
+    proc, log_path = _start_worker(root, env_extra)
+    kit = WorkerKit(root, settings, base / "signer", base / "stranger", proc, log_path)
+    try:
+        yield kit
+    finally:
+        _stop_worker(proc)
+
+
+def _assert_succeeded(kit: WorkerKit, job: Any) -> None:
+    assert job.status is JobStatus.succeeded, (job.to_dict(), kit.worker_log())
+
+
+def test_clean_signed_plugin_is_approved(kit: WorkerKit) -> None:
+    archive = kit.build(CLEAN_SOURCE)
+    job = kit.upload(archive)
+    _assert_succeeded(kit, job)
+    name = job.result["name"]
+    assert job.result == {
+        "name": name,
+        "version": "1.0.0",
+        "status": "approved",
+        "findings": 0,
+        "blocking": 0,
+        "max_severity": None,
+    }
+    steps = {s["name"]: s for s in job.steps}
+    assert list(steps) == ["validate_install", "scan"]
+    for step in steps.values():
+        assert step["status"] == "succeeded"
+        assert step["duration"] >= 0
+        assert step["started"] <= step["finished"]
+    with kit.registry() as reg:
+        record = reg.get_version(name, "1.0.0")
+    assert record.status is VersionStatus.approved
+    assert record.review_by == "plugvisor-scan"
+    assert record.report is not None
+    assert record.report["findings"] == []
+    assert record.report["profile"] == "default"
+    assert f"{name}/__init__.py" in record.report["files"]
+
+
+def test_plugin_with_findings_goes_to_review(kit: WorkerKit) -> None:
+    archive = kit.build(RISKY_SOURCE)
+    job = kit.upload(archive)
+    _assert_succeeded(kit, job)
+    name = job.result["name"]
+    assert job.result["status"] == "review"
+    assert job.result["findings"] >= 4
+    with kit.registry() as reg:
+        record = reg.get_version(name, "1.0.0")
+    assert record.status is VersionStatus.review
+    assert record.report is not None
+    findings = record.report["findings"]
+    by_rule = {(f["rule"], f["line"]): f for f in findings}
+    # Line numbers of RISKY_SOURCE: 2 import subprocess, 7 check_output, 8 eval.
+    assert by_rule[("PV103", 2)]["severity"] == "high"
+    assert by_rule[("PV103", 2)]["cwe"] == 78
+    assert by_rule[("B602", 7)]["cwe"] == 78
+    assert by_rule[("B602", 7)]["owasp"] == "A03:2021-Injection"
+    assert by_rule[("B307", 8)]["severity"] == "medium"
+    assert by_rule[("PV103", 8)]["message"].startswith("call of eval()")
+    for f in findings:
+        assert f["file"] == f"{name}/__init__.py"
+        assert f["rule"] and f["severity"] in ("low", "medium", "high") and f["line"] >= 1
+
+
+def test_unsigned_archive_fails_and_is_quarantined(kit: WorkerKit) -> None:
+    archive = kit.build(CLEAN_SOURCE, key=kit.untrusted_key)
+    before = len(Quarantine(kit.layout).list())
+    job = kit.upload(archive)
+    assert job.status is JobStatus.failed, job.to_dict()
+    assert job.error["code"] == "signature.untrusted"
+    assert job.steps[0]["status"] == "failed"
+    assert job.display_status.startswith("failed: signature.untrusted")
+    entries = Quarantine(kit.layout).list()
+    assert len(entries) == before + 1
+    assert entries[-1].code == "signature.untrusted"
+    assert entries[-1].archive is not None and entries[-1].archive.is_file()
+
+
+def _tamper(archive: Path, out: Path) -> Path:
+    """Rewrite one package member after signing (same name, different bytes)."""
+    with tarfile.open(archive, "r:gz") as src, tarfile.open(out, "w:gz") as dst:
+        for member in src.getmembers():
+            data = src.extractfile(member).read() if member.isfile() else None  # type: ignore[union-attr]
+            if member.name.endswith("__init__.py") and data is not None:
+                data = data.replace(b"json.dumps", b"json.loads")
+                member.size = len(data)
+            dst.addfile(member, io.BytesIO(data) if data is not None else None)
+    return out
+
+
+def test_tampered_archive_fails_with_archive_error(kit: WorkerKit) -> None:
+    archive = kit.build(CLEAN_SOURCE)
+    bad = _tamper(archive, archive.with_name("tampered.tar.gz"))
+    job = kit.upload(bad)
+    assert job.status is JobStatus.failed, job.to_dict()
+    assert job.error["code"] in ("archive.hash_mismatch", "archive.size_mismatch"), job.error
+    assert Quarantine(kit.layout).list()[-1].code == job.error["code"]
+
+
+def _send(kit: WorkerKit, task: str, job_id: str) -> dict[str, Any]:
+    """Deliver one task message for ``job_id`` again, as a redelivery would; its return."""
+    app = get_app(kit.settings)
+    result = app.send_task(TASK_NAMES[task], args=(job_id,))
+    value: dict[str, Any] = result.get(timeout=JOB_TIMEOUT, interval=0.01)
+    return value
+
+
+def test_redelivered_tasks_do_not_repeat_their_effect(kit: WorkerKit) -> None:
+    archive = kit.build(CLEAN_SOURCE)
+    with kit.registry() as reg:
+        job = reg.create_job("upload", {"archive": str(archive)})
+    quarantined = len(Quarantine(kit.layout).list())
+    # First delivery of the first task only: the version is installed, the job waits.
+    assert _send(kit, "validate_install", job.id)["status"] == "running"
+    # The same message again (late ack + worker lost): the install is not repeated,
+    # which would have refused the version as not newer and quarantined the archive.
+    assert _send(kit, "validate_install", job.id)["status"] == "running"
+    with kit.registry() as reg:
+        mid = reg.get_job(job.id)
+        step = mid.steps[0]
+        assert (step["name"], step["status"], step["attempt"]) == (
+            "validate_install", "succeeded", 1,
+        )  # fmt: skip
+        name = step["result"]["name"]
+        assert [v.version for v in reg.list_versions(name)] == ["1.0.0"]
+    assert len(Quarantine(kit.layout).list()) == quarantined
+    assert _send(kit, "scan", job.id)["status"] == "succeeded"
+    with kit.registry() as reg:
+        done = reg.get_job(job.id)
+        report = reg.get_version(name, "1.0.0").report
+    # A redelivered scan after the job finished changes nothing at all.
+    assert _send(kit, "scan", job.id)["status"] == "succeeded"
+    with kit.registry() as reg:
+        assert reg.get_job(job.id).updated == done.updated
+        assert reg.get_version(name, "1.0.0").report == report
+    assert done.result["status"] == "approved"
+
+
+def test_step_interrupted_after_its_effect_is_recovered(kit: WorkerKit) -> None:
+    """A worker died after recording the version but before marking the step done."""
+    archive = kit.build(CLEAN_SOURCE)
+    with kit.registry() as reg:
+        job = reg.create_job("upload", {"archive": str(archive)})
+        # The effect of the first attempt, then the record a killed worker leaves behind.
+        record = install_archive(kit.settings, archive, VersionStatus.review)
+        reg.update_job(
+            job.id,
+            status=JobStatus.running,
+            step="validate_install",
+            steps=[{"name": "validate_install", "status": "running", "attempt": 1}],
+        )
+    quarantined = len(Quarantine(kit.layout).list())
+    assert _send(kit, "validate_install", job.id)["status"] == "running"
+    assert _send(kit, "scan", job.id)["status"] == "succeeded"
+    with kit.registry() as reg:
+        done = reg.get_job(job.id)
+        assert done.steps[0]["attempt"] == 2
+        assert done.steps[0]["result"]["digest"] == record.digest
+        assert done.result["status"] == "approved"
+    assert len(Quarantine(kit.layout).list()) == quarantined
+
+
+def test_idempotency_key_returns_the_same_job(kit: WorkerKit) -> None:
+    archive = kit.build(CLEAN_SOURCE)
+    first = start_job(kit.settings, "upload", {"archive": str(archive)}, "upload-key-1")
+    second = start_job(kit.settings, "upload", {"archive": str(archive)}, "upload-key-1")
+    assert first == second
+    job = wait_for_job(kit.settings, first, JOB_TIMEOUT)
+    _assert_succeeded(kit, job)
+    assert [s["attempt"] for s in job.steps] == [1, 1]
+
+
+def test_review_decision_is_recorded(kit: WorkerKit) -> None:
+    upload = kit.upload(kit.build(RISKY_SOURCE))
+    name = upload.result["name"]
+    params = {"name": name, "version": "1.0.0", "decision": "approve", "by": "alice",
+              "reason": "shelling out is this plugin's documented purpose"}  # fmt: skip
+    job = wait_for_job(kit.settings, start_job(kit.settings, "review", params), JOB_TIMEOUT)
+    _assert_succeeded(kit, job)
+    assert job.result["status"] == "approved"
+    with kit.registry() as reg:
+        record = reg.get_version(name, "1.0.0")
+    assert (record.status, record.review_by) == (VersionStatus.approved, "alice")
+    assert record.review_reason == params["reason"]
+    # A second decision on a version no longer in review is refused, naming the rule.
+    again = dict(params, decision="reject", by="bob")
+    job2 = wait_for_job(kit.settings, start_job(kit.settings, "review", again), JOB_TIMEOUT)
+    assert job2.status is JobStatus.failed
+    assert job2.error is not None
+    assert job2.error["code"] == "conflict.not_in_review"
+
+
+def test_audit_rescans_and_refreshes_the_report(kit: WorkerKit) -> None:
+    upload = kit.upload(kit.build(RISKY_SOURCE))
+    name = upload.result["name"]
+    with kit.registry() as reg:
+        reg.set_report(name, "1.0.0", {"findings": [], "stale": True})
+    job = wait_for_job(kit.settings, start_job(kit.settings, "audit", {"name": name}), JOB_TIMEOUT)
+    _assert_succeeded(kit, job)
+    [audited] = job.result["audited"]
+    assert audited["name"] == name and audited["findings"] == upload.result["findings"]
+    with kit.registry() as reg:
+        record = reg.get_version(name, "1.0.0")
+    assert record.report is not None and "stale" not in record.report
+    assert len(record.report["findings"]) == upload.result["findings"]
+    assert record.status is VersionStatus.review  # an audit reports; it does not decide
+
+
+def test_bad_params_are_refused_before_anything_is_queued(kit: WorkerKit) -> None:
+    with pytest.raises(JobError) as info:
+        start_job(kit.settings, "upload", {"archive": str(kit.root / "missing.tar.gz")})
+    assert info.value.code == "job.invalid_params"
+    with pytest.raises(JobError) as info:
+        start_job(kit.settings, "review", {"name": "x", "version": "1.0.0", "decision": "maybe",
+                                           "by": "a", "reason": "b"})  # fmt: skip
+    assert info.value.code == "job.invalid_params"
+    with pytest.raises(JobError) as info:
+        start_job(kit.settings, "nope", {})
+    assert info.value.code == "job.unknown_kind"
