@@ -30,6 +30,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "install": ("plugvisor.cli.install:install", "Validate and install a signed archive."),
     "keys": ("plugvisor.cli.keys:keys", "Generate, trust and list signing keys."),
     "pack": ("plugvisor.cli.package:pack", "Pack and sign a plugin directory."),
+    "sandbox-check": (
+        "plugvisor.cli.sandbox:sandbox_check",
+        "Show which sandbox layers this kernel offers and which are active.",
+    ),
     "status": ("plugvisor.cli.install:status", "List plugins and their versions."),
     "verify": ("plugvisor.cli.package:verify", "Check an archive and print every check."),
     "worker": ("plugvisor.cli.worker:worker", "Run a Celery worker for upload/scan/audit jobs."),

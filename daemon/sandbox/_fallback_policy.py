@@ -36,7 +36,11 @@ class FallbackPolicy:
 
 
 def install_fallback_policy(
-    profile: Any, plugin_root: str, report: Callable[[str, str], None]
+    profile: Any,
+    plugin_root: str,
+    report: Callable[[str, str], None],
+    *,
+    data_dir: str | None = None,
 ) -> FallbackPolicy:
     """Signature of ``policy.install_policy``."""
     return FallbackPolicy(plugin_root)

@@ -56,7 +56,8 @@ class PolicyHandle(Protocol):
     def load_plugin(self, entrypoint: str) -> object: ...
 
 
-InstallPolicy = Callable[[Any, str, Callable[[str, str], None]], PolicyHandle]
+#: ``install_policy(profile, plugin_root, report, *, data_dir=None) -> PolicyHandle``
+InstallPolicy = Callable[..., PolicyHandle]
 
 
 @dataclass(frozen=True)
@@ -273,7 +274,7 @@ def serve(
 
     t0 = time.perf_counter()
     try:
-        policy = install_policy(cfg.profile, cfg.plugin_root, report)
+        policy = install_policy(cfg.profile, cfg.plugin_root, report, data_dir=cfg.data_dir)
     except Exception as exc:  # the policy layer failing is a lock-down failure
         chan.send(
             FrameType.FAILED,
