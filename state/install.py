@@ -12,16 +12,18 @@ clean-up can never remove a tree another install is about to record.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import os
 import time
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from plugvisor.core.archive import ArchiveLimits, extract_archive, remove_tree
+from plugvisor.core.archive import ArchiveLimits, VerifiedPackage, extract_archive, remove_tree
 from plugvisor.core.config import Settings
 from plugvisor.core.errors import (
     ArchiveError,
@@ -38,7 +40,13 @@ from plugvisor.state.registry import Registry, VersionRecord, VersionStatus
 from plugvisor.state.store import VersionStore
 from plugvisor.state.trust import TrustStore
 
-__all__ = ["QUARANTINED_ERRORS", "install_archive"]
+__all__ = [
+    "QUARANTINED_ERRORS",
+    "RecoveryReport",
+    "install_archive",
+    "recover_state",
+    "store_archive",
+]
 
 #: Refusals that are the archive's fault: the archive is kept in quarantine with the reason.
 #: (A locked database or a full disk is not, and quarantining would hide the real cause.)
@@ -50,6 +58,24 @@ QUARANTINED_ERRORS: tuple[type[PlugvisorError], ...] = (
 )
 
 _log = get_logger(__name__)
+
+
+def store_archive(
+    settings: Settings,
+    archive_path: Path | str,
+    *,
+    lock_timeout: float = 30.0,
+) -> VerifiedPackage:
+    """Validate and extract ``archive_path`` into the version store; record nothing.
+
+    For callers that register the version elsewhere (a worker asks the daemon, the
+    registry's single writer). Refuses early, with ``version.not_newer``, a version the
+    registry already outranks (the registry checks again when the version is added).
+    The returned package's ``path`` is its tree under ``versions/``.
+    """
+    layout = StateLayout(settings.state_dir).ensure()
+    with _install_lock(layout, lock_timeout), Registry(layout) as registry:
+        return _store(settings, layout, Path(archive_path), registry)
 
 
 def install_archive(
@@ -68,41 +94,101 @@ def install_archive(
     """
     archive = Path(archive_path)
     layout = StateLayout(settings.state_dir).ensure()
-    quarantine = Quarantine(layout)
     store = VersionStore(layout)
-    staged = layout.staging_dir / uuid.uuid4().hex
-    log = _log.bind(archive=str(archive))
-    with _install_lock(layout, lock_timeout):
+    with _install_lock(layout, lock_timeout), Registry(layout) as registry:
+        package = _store(settings, layout, archive, registry)
         try:
-            keys = TrustStore(layout.root).load_all()
-            try:
-                package = extract_archive(
-                    archive, staged, keys, ArchiveLimits.from_settings(settings)
-                )
-            except QUARANTINED_ERRORS as err:
-                where = quarantine.put(archive, err)
-                log.warning("install_refused", code=err.code, quarantine=str(where))
-                raise
-            name, version = package.meta.name, str(package.meta.version)
-            store.add(package.path, package.digest, package.manifest)
-            with Registry(layout) as registry:
-                try:
-                    record = registry.add_version(
-                        package.meta, package.digest, package.keyid, status, report
-                    )
-                except BaseException as err:
-                    # A tree no row references (this one, or an orphan of a crash) goes.
-                    if registry.find_digest(package.digest) is None:
-                        store.remove(package.digest)
-                    if isinstance(err, QUARANTINED_ERRORS):
-                        where = quarantine.put(archive, err)
-                        log.warning("install_refused", code=err.code, quarantine=str(where))
-                    raise
-        finally:
-            if os.path.lexists(staged):
-                remove_tree(staged)
-    log.info("installed", plugin=name, version=version, digest=package.digest, status=record.status)
+            record = registry.add_version(
+                package.meta, package.digest, package.keyid, status, report
+            )
+        except BaseException as err:
+            # A tree no row references (this one, or an orphan of a crash) goes.
+            if registry.find_digest(package.digest) is None:
+                store.remove(package.digest)
+            if isinstance(err, QUARANTINED_ERRORS):
+                _quarantine(layout, archive, err)
+            raise
+    _log.info(
+        "installed", archive=str(archive), plugin=record.plugin, version=record.version,
+        digest=record.digest, status=record.status.value,
+    )  # fmt: skip
     return record
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    """What :func:`recover_state` removed."""
+
+    staging: tuple[Path, ...]
+    orphans: tuple[str, ...]
+
+
+def recover_state(
+    layout: StateLayout,
+    *,
+    staging_grace_s: float = 300.0,
+    orphan_grace_s: float = 3600.0,
+    lock_timeout: float = 30.0,
+) -> RecoveryReport:
+    """Remove what a crash mid-install can leave: ``staging/`` leftovers and orphan trees.
+
+    Run by the daemon at start. Under the install lock no install is running, so a
+    ``staging/`` entry older than ``staging_grace_s`` is debris (the grace spares any
+    other user of ``staging/``). A tree under ``versions/`` that no registry row
+    references is removed only when older than ``orphan_grace_s``: a worker may have
+    stored it with :func:`store_archive` and be waiting for the daemon to record it.
+    """
+    layout.ensure()
+    store = VersionStore(layout)
+    removed: list[Path] = []
+    orphans: list[str] = []
+    with _install_lock(layout, lock_timeout), Registry(layout) as registry:
+        now = time.time()
+        for entry in sorted(layout.staging_dir.iterdir()):
+            if now - os.lstat(entry).st_mtime >= staging_grace_s:
+                remove_tree(entry)
+                removed.append(entry)
+        for digest in store.digests():
+            if registry.find_digest(digest) is not None:
+                continue
+            if now - os.lstat(store.path(digest)).st_ctime < orphan_grace_s:
+                continue
+            store.remove(digest)
+            orphans.append(digest)
+    if removed or orphans:
+        _log.warning("state_recovered", staging=[str(p) for p in removed], orphans=orphans)
+    return RecoveryReport(tuple(removed), tuple(orphans))
+
+
+def _store(
+    settings: Settings, layout: StateLayout, archive: Path, registry: Registry
+) -> VerifiedPackage:
+    """Extract into staging, refuse a version the registry outranks, move into the store."""
+    staged = layout.staging_dir / uuid.uuid4().hex
+    store = VersionStore(layout)
+    try:
+        keys = TrustStore(layout.root).load_all()
+        try:
+            package = extract_archive(archive, staged, keys, ArchiveLimits.from_settings(settings))
+            registry.check_newer(package.meta.name, str(package.meta.version))
+        except QUARANTINED_ERRORS as err:
+            _quarantine(layout, archive, err)
+            raise
+        path = store.add(package.path, package.digest, package.manifest)
+    finally:
+        if os.path.lexists(staged):
+            remove_tree(staged)
+    return dataclasses.replace(package, path=path)
+
+
+def _quarantine(layout: StateLayout, archive: Path, err: PlugvisorError) -> None:
+    """Keep the refused archive; a failure to do so is logged, never hides ``err``."""
+    try:
+        where = Quarantine(layout).put(archive, err)
+    except StateError as qerr:
+        _log.error("quarantine_failed", archive=str(archive), code=err.code, error=str(qerr))
+        return
+    _log.warning("install_refused", archive=str(archive), code=err.code, quarantine=str(where))
 
 
 @contextmanager

@@ -588,15 +588,8 @@ class Registry:
                     )
                 )  # fmt: skip
             else:
-                highest = parse_version(row.highest_version)
-                if not new > highest:
-                    raise VersionError(
-                        "not_newer",
-                        f"{name} {version_text} is not newer than {row.highest_version}, the "
-                        f"highest version of {name} ever accepted; an equal or lower version "
-                        "is refused as a rollback attack (roll back through the backups)",
-                        plugin=name, version=version_text, highest=row.highest_version,
-                    )  # fmt: skip
+                if not new > parse_version(row.highest_version):
+                    raise _not_newer(name, version_text, row.highest_version)
                 conn.execute(
                     sa.update(_plugins)
                     .where(_plugins.c.name == name)
@@ -629,6 +622,18 @@ class Registry:
             return self._version_in(conn, name, version_text)
 
         return self._write(run)
+
+    def check_newer(self, name: str, version: str) -> None:
+        """Raise ``VersionError("not_newer")`` unless ``version`` would pass :meth:`add_version`.
+
+        Advisory (a read): lets an installer refuse before storing anything; the
+        authoritative check is the one inside :meth:`add_version`'s transaction.
+        """
+        plugin = self.find_plugin(name)
+        if plugin is not None and not parse_version(version) > parse_version(
+            plugin.highest_version
+        ):
+            raise _not_newer(name, version, plugin.highest_version)
 
     def get_plugin(self, name: str) -> PluginRecord:
         """The plugin's record; ``NotFoundError("plugin")`` when it was never recorded."""
@@ -1149,6 +1154,16 @@ class Registry:
 
 
 # ---- helpers -------------------------------------------------------------------------------
+
+
+def _not_newer(name: str, version: str, highest: str) -> VersionError:
+    return VersionError(
+        "not_newer",
+        f"{name} {version} is not newer than {highest}, the highest version of {name} ever "
+        "accepted; an equal or lower version is refused as a rollback attack (roll back "
+        "through the backups)",
+        plugin=name, version=version, highest=highest,
+    )  # fmt: skip
 
 
 def _precreate(path: Path) -> None:

@@ -22,7 +22,7 @@ from plugvisor.core.archive import pack
 from plugvisor.core.config import Settings, load_settings
 from plugvisor.core.errors import PlugvisorError
 from plugvisor.core.signing import generate_keypair
-from plugvisor.state.install import install_archive
+from plugvisor.state.install import install_archive, recover_state, store_archive
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.quarantine import Quarantine
 from plugvisor.state.registry import Registry, VersionStatus
@@ -243,3 +243,75 @@ def test_cli_install_and_status(settings: Settings, build) -> None:
     out = run_cli(settings, "--json", "status", "ghost")
     assert out.returncode != 0
     assert json.loads(out.stdout)["error"]["code"] == "not_found.plugin"
+
+
+def test_the_transactional_check_refuses_even_when_the_precheck_is_skipped(
+    settings: Settings, build, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two installers racing both pass the advisory pre-check; the registry still refuses."""
+    install_archive(settings, build("1.0.0"))
+    monkeypatch.setattr(Registry, "check_newer", lambda self, name, version: None)
+    err = refused(settings, build("0.5.0"))
+    assert err.code == "version.not_newer"
+    assert [r["code"] for r in quarantined(settings)] == ["version.not_newer"]
+    assert_nothing_installed(settings, versions=1)  # the stored 0.5.0 tree was removed again
+
+
+def test_concurrent_installs_from_two_processes_serialise(settings: Settings, build) -> None:
+    archives = [build("1.0.0"), build("1.0.0")]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "plugvisor",
+                "--state-dir",
+                str(settings.state_dir),
+                "install",
+                str(a),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for a in archives
+    ]
+    results = [(p.wait(timeout=60), p.stderr.read()) for p in procs]  # type: ignore[union-attr]
+    for p in procs:
+        p.stdout.close()  # type: ignore[union-attr]
+        p.stderr.close()  # type: ignore[union-attr]
+    codes = sorted(rc for rc, _ in results)
+    assert codes[0] == 0 and codes[1] != 0, results
+    assert any("version.not_newer" in err for _, err in results)
+    assert_nothing_installed(settings, versions=1)
+
+
+def test_store_archive_stores_without_recording(settings: Settings, build) -> None:
+    package = store_archive(settings, build("1.0.0"))
+    layout = StateLayout(settings.state_dir)
+    assert package.path == layout.versions_dir / package.digest
+    assert VersionStore(layout).verify(package.digest, package.manifest) == []
+    with Registry(layout) as reg:
+        assert reg.find_plugin("greeter") is None
+        reg.add_version(package.meta, package.digest, package.keyid)
+    # Outranked versions are refused before anything is stored.
+    assert refused(settings, build("1.0.0")).code == "version.not_newer"
+    assert_nothing_installed(settings, versions=1)
+
+
+def test_recover_state_removes_crash_debris_but_not_live_trees(settings: Settings, build) -> None:
+    layout = StateLayout(settings.state_dir)
+    kept = install_archive(settings, build("1.0.0"))
+    orphan = store_archive(settings, build("2.0.0"))  # stored, never recorded
+    debris = layout.staging_dir / ".greeter.abc.part"
+    (debris / "greeter").mkdir(parents=True)
+    (debris / "greeter" / "x.py").write_text("")
+    os.chmod(debris, 0o555)
+    # Fresh debris and a fresh orphan are spared (a live worker may own them) ...
+    report = recover_state(layout)
+    assert report.staging == () and report.orphans == ()
+    # ... old ones go.
+    report = recover_state(layout, staging_grace_s=0, orphan_grace_s=0)
+    assert report.staging == (debris,) and report.orphans == (orphan.digest,)
+    assert os.listdir(layout.staging_dir) == []
+    assert os.listdir(layout.versions_dir) == [kept.digest]
