@@ -16,10 +16,11 @@ the record, so redelivery is harmless), applies it, stores the outcome
 
 Events (``plugin, kind, from, to, outcome, reason``) go to the fanout exchange
 ``plugvisor.events``. The daemon binds the durable queue ``plugvisor.events`` to it so
-events outlive a subscriber's absence (virtual transports such as the SQLite one route
-by bindings known to the publishing process only, so a queue bound by the daemon is the
-one reliable subscription there); on RabbitMQ the queue is capped at 10,000 messages and
-other subscribers bind their own queues.
+events outlive a subscriber's absence (capped at 10,000 messages on RabbitMQ, where
+other subscribers bind queues of their own). kombu's SQLite transport cannot fan out
+(``supports_fanout`` is false: it would drop the message), so there the daemon puts
+each event straight into the ``plugvisor.events`` queue, the one subscription on the
+embedded broker; :func:`fetch_events` reads it on either broker.
 
 Fleet seam (SPEC §8): a per-host queue bound to a fanout command exchange would let
 every host's daemon receive each command and acknowledge it per host; the message shape
@@ -50,6 +51,7 @@ __all__ = [
     "ControlPlane",
     "broker_url",
     "connect",
+    "fetch_events",
     "outcome_result",
     "send_command",
 ]
@@ -163,6 +165,36 @@ def send_command(
     return got
 
 
+def fetch_events(
+    settings: Settings, limit: int = 100, timeout: float = 1.0
+) -> list[dict[str, Any]]:
+    """Take up to ``limit`` events from the durable ``plugvisor.events`` queue (oldest first).
+
+    Returns when ``limit`` events were read or none arrived for ``timeout`` seconds.
+    """
+    events: list[dict[str, Any]] = []
+
+    def on_event(body: Any, message: Any) -> None:
+        message.ack()
+        if isinstance(body, dict):
+            events.append(body)
+
+    with connect(settings) as conn:
+        conn.ensure_connection(max_retries=3, timeout=5)
+        channel = conn.channel()
+        with Consumer(channel, queues=[_events_queue], callbacks=[on_event], accept=["json"]):
+            while len(events) < limit:
+                before = len(events)
+                try:
+                    conn.drain_events(timeout=timeout)
+                except TimeoutError:
+                    break
+                if len(events) == before:
+                    break
+        channel.close()
+    return events
+
+
 class ControlPlane:
     """The daemon's consumer thread on ``plugvisor.control`` and its event publisher."""
 
@@ -260,8 +292,13 @@ class ControlPlane:
                 if self._pub_conn is None:
                     self._pub_conn = connect(self.settings)
                     self._pub_conn.ensure_connection(max_retries=1, timeout=5)
-                Producer(self._pub_conn.default_channel).publish(
-                    dict(event), exchange=_events_exchange, routing_key="",
+                channel = self._pub_conn.default_channel
+                # Virtual transports without shared fanout state (the SQLite one) drop
+                # fanout publishes: there the events queue is addressed directly.
+                fanout = getattr(channel, "supports_fanout", True)
+                Producer(channel).publish(
+                    dict(event), exchange=_events_exchange if fanout else "",
+                    routing_key="" if fanout else EVENTS_EXCHANGE,
                     declare=[_events_queue], serializer="json", retry=True,
                     retry_policy={"max_retries": 2},
                 )  # fmt: skip

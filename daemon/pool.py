@@ -355,4 +355,5 @@ class HostPool:
                 "calls": self.calls,
                 "errors": self.errors,
                 "closed": self.closed,
+                "pids": sorted(h.pid for h in (*self.idle, *self.busy)),
             }

@@ -31,7 +31,7 @@ from typing import Any
 from plugvisor.core.config import Settings
 from plugvisor.core.errors import PluginRuntimeError, PlugvisorError, StateError
 from plugvisor.core.log import get_logger
-from plugvisor.core.manifest import PluginMeta, parse_manifest, parse_plugin_yaml
+from plugvisor.core.manifest import PluginMeta, parse_plugin_yaml
 from plugvisor.core.profile import load_profile
 from plugvisor.daemon.metrics import DaemonMetrics
 from plugvisor.daemon.pool import Host, HostPool, PoolClosed
@@ -214,12 +214,7 @@ class Supervisor:
 
     def verify(self, digest: str) -> None:
         """Re-hash ``versions/<digest>`` against its MANIFEST.json; ``state.integrity`` if not."""
-        path = self.layout.version_dir(digest) / "MANIFEST.json"
-        try:
-            manifest = parse_manifest(path.read_bytes())
-        except (OSError, PlugvisorError) as exc:
-            raise StateError("integrity", f"cannot read {path}: {exc}", digest=digest) from exc
-        problems = self.store.verify(digest, manifest)
+        problems = self.store.verify(digest)
         if problems:
             raise StateError(
                 "integrity", f"version {digest[:12]} differs from its manifest: "

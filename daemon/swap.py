@@ -75,12 +75,11 @@ class SwapEngine:
                 pool = sup.start_pool(info)
             except PlugvisorError as exc:
                 self._failed(name, kind, running, version, str(exc))
-                if isinstance(exc, SandboxError):
-                    raise
+                details = {**exc.details, "plugin": name, "version": version, "cause": exc.code}
+                rule = exc.rule if isinstance(exc, SandboxError) else "start_failed"
                 raise SandboxError(
-                    "start_failed", f"{name} {version} did not start: {exc}",
-                    plugin=name, version=version, cause=exc.code,
-                ) from exc  # fmt: skip
+                    rule, f"{name} {version} did not start: {exc.message}", **details
+                ) from exc
             try:
                 old_rec, _new = reg.activate(name, version)
             except PlugvisorError as exc:

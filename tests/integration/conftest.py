@@ -20,7 +20,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -39,7 +38,7 @@ REPO = Path(__file__).resolve().parents[2]
 PLUGVISOR = REPO / ".venv" / "bin" / "plugvisor"
 
 #: A versioned test plugin. ``MODE`` picks its behaviour: ok, unhealthy (health() is
-#: False), error (every call raises), setup_error (setup() raises).
+#: False), error (every call raises), setup_error (setup() raises), slow_setup (0.3 s).
 _PLUGIN_SOURCE = '''\
 """Daemon test plugin {name} {version} ({mode})."""
 
@@ -51,6 +50,9 @@ class Plugin:
     def setup(self, ctx):
         if MODE == "setup_error":
             raise RuntimeError("setup refuses on purpose")
+        if MODE == "slow_setup":
+            import time
+            time.sleep(0.3)
         self.calls = 0
 
     def health(self):
@@ -89,6 +91,9 @@ class DaemonKit:
     notify: socket.socket | None = None
     log_path: Path | None = None
     _clients: list[Client] = dataclasses.field(default_factory=list)
+
+    #: ``wait_for(cond, timeout, what)``: test modules cannot import this conftest.
+    wait_for = staticmethod(wait_for)
 
     @property
     def layout(self) -> StateLayout:
@@ -131,10 +136,10 @@ class DaemonKit:
         files = []
         for path in sorted(p for p in src.rglob("*") if p.is_file()):
             data = path.read_bytes()
+            rel = path.relative_to(src).as_posix()
             files.append(
-                {"path": path.relative_to(src).as_posix(), "sha256": hashlib.sha256(data).hexdigest(),
-                 "size": len(data)}
-            )  # fmt: skip
+                {"path": rel, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+            )
         manifest = canonical_json({"name": name, "version": version, "files": files})
         (src / "MANIFEST.json").write_bytes(manifest)
         digest = hashlib.sha256(manifest).hexdigest()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 
@@ -22,7 +21,9 @@ def test_call_roundtrip_and_refusals(daemon_kit):
         client.call("nobody-here", {})
     assert exc.value.code == "plugin.not_found"
     env = json.loads(client.call_raw("greeter", b"[1,2]"))
-    assert env == {"ok": True, "result": {"version": "1.0.0", "echo": [1, 2], "calls": 3}} or env["ok"]
+    assert (
+        env == {"ok": True, "result": {"version": "1.0.0", "echo": [1, 2], "calls": 3}} or env["ok"]
+    )
     assert daemon_kit.stop() == 0
     assert not daemon_kit.layout.daemon_socket.exists()
     assert not daemon_kit.layout.daemon_pid.exists()

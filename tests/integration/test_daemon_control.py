@@ -1,0 +1,77 @@
+"""The kombu control plane of a real daemon, on the embedded SQLite broker and on RabbitMQ."""
+
+from __future__ import annotations
+
+import pytest
+
+from plugvisor.core.errors import PluginRuntimeError
+from plugvisor.daemon.control import fetch_events, send_command
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(params=["sqlite", "rabbitmq"])
+def broker_kit(request, daemon_kit):
+    if request.param == "rabbitmq":
+        url = request.getfixturevalue("rabbitmq_url")
+        daemon_kit.env["PLUGVISOR_BROKER_URL"] = url
+    return daemon_kit
+
+
+def test_commands_are_applied_recorded_and_answered(broker_kit):
+    kit = broker_kit
+    kit.add_version("ctl", "1.0.0", activate=True)
+    kit.add_version("ctl", "1.1.0")
+    kit.start()
+    client = kit.client()
+
+    status = kit.command("status")
+    assert status["ok"] and status["result"]["plugins"]["ctl"]["state"] == "active"
+
+    swapped = kit.command("activate", name="ctl", version="1.1.0")
+    assert swapped["ok"] and swapped["result"]["to"] == "1.1.0", swapped
+    assert client.call("ctl", {})["version"] == "1.1.0"
+
+    # A repeated command id is answered from the record, not applied twice.
+    first = send_command(
+        kit.settings,
+        "disable",
+        {"name": "ctl", "reason": "maintenance"},
+        timeout=30,
+        command_id="fixed-id-1",
+    )
+    again = send_command(
+        kit.settings,
+        "disable",
+        {"name": "ctl", "reason": "maintenance"},
+        timeout=30,
+        command_id="fixed-id-1",
+    )
+    assert first == again and first["ok"] and first["result"]["outcome"] == "disabled"
+    with pytest.raises(PluginRuntimeError) as exc:
+        client.call("ctl", {})
+    assert exc.value.code == "plugin.disabled"
+    assert "maintenance" in exc.value.message
+    with kit.registry() as reg:
+        assert reg.get_command("fixed-id-1").outcome == first
+        disabled = [e for e in reg.list_events(plugin="ctl") if e.kind == "disabled"]
+    assert len(disabled) == 1
+
+    enabled = kit.command("enable", name="ctl")
+    assert enabled["ok"] and enabled["result"]["outcome"] == "active"
+    assert client.call("ctl", {})["version"] == "1.1.0"
+
+    rolled = kit.command("rollback", name="ctl")
+    assert rolled["ok"] and rolled["result"]["to"] == "1.0.0", rolled
+    assert client.call("ctl", {})["version"] == "1.0.0"
+
+    bad = kit.command("activate", name="ctl", version="9.9.9")
+    assert not bad["ok"] and bad["error"]["code"] == "not_found.version"
+    missing = kit.command("activate", name="ctl")
+    assert not missing["ok"] and missing["error"]["code"] == "request.missing_field"
+
+    events = fetch_events(kit.settings, limit=50, timeout=1.0)
+    seen = [(e["kind"], e.get("from"), e.get("to")) for e in events if e["plugin"] == "ctl"]
+    assert ("swapped", "1.0.0", "1.1.0") in seen
+    assert ("swapped", "1.1.0", "1.0.0") in seen
+    assert any(kind == "disabled" for kind, _, _ in seen)
