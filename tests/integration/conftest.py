@@ -1,7 +1,7 @@
 """Fixtures of the integration suites: a real daemon process over a throw-away state dir.
 
-``daemon_kit`` builds plugin versions on the fly (plugin.yaml + package + MANIFEST.json,
-stored read-only in the version store and recorded in the registry), starts
+``daemon_kit`` builds plugin versions on the fly (:func:`plugvisor.testing.store_test_version`:
+plugin.yaml + package + MANIFEST.json, stored read-only and recorded), starts
 ``.venv/bin/plugvisor --state-dir D daemon`` as a subprocess and waits for its
 ``READY=1`` on a fake ``NOTIFY_SOCKET`` (a Unix datagram socket) with a deadline.
 
@@ -12,7 +12,6 @@ The state directory lives under ``/tmp`` with mode 0o755, not in pytest's ``tmp_
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import shutil
 import signal
@@ -29,44 +28,12 @@ import pytest
 
 from plugvisor.client import Client
 from plugvisor.core.config import Settings, load_settings
-from plugvisor.core.manifest import canonical_json, parse_plugin_yaml
 from plugvisor.state.layout import StateLayout
-from plugvisor.state.registry import Registry, VersionStatus
-from plugvisor.state.store import VersionStore
+from plugvisor.state.registry import Registry
+from plugvisor.testing import store_test_version
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGVISOR = REPO / ".venv" / "bin" / "plugvisor"
-
-#: A versioned test plugin. ``MODE`` picks its behaviour: ok, unhealthy (health() is
-#: False), error (every call raises), setup_error (setup() raises), slow_setup (0.3 s).
-_PLUGIN_SOURCE = '''\
-"""Daemon test plugin {name} {version} ({mode})."""
-
-VERSION = "{version}"
-MODE = "{mode}"
-
-
-class Plugin:
-    def setup(self, ctx):
-        if MODE == "setup_error":
-            raise RuntimeError("setup refuses on purpose")
-        if MODE == "slow_setup":
-            import time
-            time.sleep(0.3)
-        self.calls = 0
-
-    def health(self):
-        return MODE != "unhealthy"
-
-    def handle(self, request):
-        self.calls += 1
-        if MODE == "error":
-            raise ValueError("version " + VERSION + " is broken on purpose")
-        if isinstance(request, dict) and request.get("sleep"):
-            import time
-            time.sleep(request["sleep"])
-        return {{"version": VERSION, "echo": request, "calls": self.calls}}
-'''
 
 
 def wait_for(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.01) -> Any:
@@ -115,41 +82,11 @@ class DaemonKit:
         *,
         requires: dict[str, str] | None = None,
         activate: bool = False,
-        profile: str = "default",
     ) -> str:
-        """Build, store and record one version of test plugin ``name``; return its digest."""
-        layout = self.layout.ensure()
-        src = Path(tempfile.mkdtemp(dir=layout.staging_dir))
-        pkg = src / name.replace("-", "_")
-        pkg.mkdir()
-        (pkg / "__init__.py").write_text(
-            _PLUGIN_SOURCE.format(name=name, version=version, mode=mode)
+        """Build, store and record one version of the versioned test plugin; return its digest."""
+        return store_test_version(
+            self.layout, name, version, mode, requires=requires, activate=activate
         )
-        yaml_lines = [
-            f"name: {name}", f"version: {version}", "api: 1",
-            f"entrypoint: {pkg.name}:Plugin", f"profile: {profile}",
-        ]  # fmt: skip
-        if requires:
-            yaml_lines.append("requires:")
-            yaml_lines += [f'  {dep}: "{rng}"' for dep, rng in requires.items()]
-        (src / "plugin.yaml").write_text("\n".join(yaml_lines) + "\n")
-        files = []
-        for path in sorted(p for p in src.rglob("*") if p.is_file()):
-            data = path.read_bytes()
-            rel = path.relative_to(src).as_posix()
-            files.append(
-                {"path": rel, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
-            )
-        manifest = canonical_json({"name": name, "version": version, "files": files})
-        (src / "MANIFEST.json").write_bytes(manifest)
-        digest = hashlib.sha256(manifest).hexdigest()
-        meta = parse_plugin_yaml((src / "plugin.yaml").read_bytes())
-        VersionStore(layout).add(src, digest)
-        with self.registry() as reg:
-            reg.add_version(meta, digest, "0" * 64, VersionStatus.approved)
-            if activate:
-                reg.activate(name, version)
-        return digest
 
     # ---- the daemon process ----------------------------------------------------------------
     def start(self, timeout: float = 30.0) -> None:
