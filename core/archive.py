@@ -174,6 +174,13 @@ class _GunzipStream:
     def _read_raw(self) -> bytes:
         data = self._raw.read(_RAW_CHUNK)
         self.consumed += len(data)
+        if self.consumed > self._cap:
+            # More compressed bytes than a valid archive could unpack to: padding or junk.
+            raise ArchiveError(
+                "too_large",
+                f"the archive file is larger than {self._cap} bytes",
+                limit=self._limits.max_unpacked_bytes,
+            )
         return data
 
     def _account(self, chunk: bytes) -> None:
@@ -354,7 +361,8 @@ class _Scan:
                 "compression_ratio": "compression ratio",
             }
             self.fail(rule_check.get(err.rule, "gzip"), err, fatal=True)
-        except (tarfile.TarError, EOFError, zlib.error, UnicodeError) as exc:
+        except (tarfile.TarError, EOFError, zlib.error, ValueError, OverflowError) as exc:
+            # Whatever the parser trips over in a hostile header is corruption, not a crash.
             self.fail(
                 "gzip", ArchiveError("corrupt", f"the tar stream is corrupt: {exc}"), fatal=True
             )
@@ -437,8 +445,8 @@ class _Scan:
             self.fail(
                 "member paths",
                 ArchiveError(
-                    "path_traversal",
-                    f"member {shown!r} leaves the archive root or is not a normalised path ({why})",
+                    "path_traversal" if ".." in why else "invalid_path",
+                    f"member {shown!r} is not a relative path inside the archive root ({why})",
                     member=shown,
                 ),
             )

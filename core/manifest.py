@@ -23,6 +23,7 @@ from plugvisor.core.semver import Version, VersionRange, parse_range, parse_vers
 
 __all__ = [
     "MANIFEST_NAME",
+    "MAX_PATH_BYTES",
     "MAX_PLUGIN_YAML_BYTES",
     "NAME_RE",
     "PLUGIN_YAML",
@@ -44,6 +45,8 @@ NAME_RE: Final = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 PLUGIN_YAML: Final = "plugin.yaml"
 MANIFEST_NAME: Final = "MANIFEST.json"
 SIGNATURE_NAME: Final = "MANIFEST.sig"
+#: Longest member path accepted (bytes); components are limited to 255 like most file systems.
+MAX_PATH_BYTES: Final = 1024
 #: plugin.yaml is a small descriptor; anything bigger is refused before parsing.
 MAX_PLUGIN_YAML_BYTES: Final = 64 * 1024
 _MAX_DESCRIPTION: Final = 4096
@@ -75,6 +78,10 @@ def check_member_path(path: str) -> str | None:
         return "'..' component"
     if any(p in ("", ".") for p in parts):
         return "not a normalised path (empty or '.' component)"
+    if len(path.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES or any(
+        len(p.encode("utf-8", "surrogateescape")) > 255 for p in parts
+    ):
+        return f"too long (at most {MAX_PATH_BYTES} bytes, 255 per component)"
     return None
 
 
