@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import builtins
 import enum
+import logging
 import os
 import re
 import threading
@@ -278,11 +279,29 @@ def _own_top_level(root: Path) -> frozenset[str]:
 _bandit_lock = threading.Lock()
 
 
+class _OptionalFormatterFilter(logging.Filter):
+    """Drops stevedore's error about Bandit's optional SARIF formatter (``sarif_om``).
+
+    Bandit loads its report formatters at import; the scan uses none of them, so a
+    missing optional one is not an error worth an operator's attention. Any other
+    plugin that fails to load (a Bandit *test*) is still logged.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.args and isinstance(record.args, tuple) and record.args[0] == "sarif")
+
+
 @lru_cache(maxsize=1)
 def _bandit_config() -> Any:
     """Bandit's default config (all tests), built once per process."""
-    from bandit.core import config as b_config  # noqa: PLC0415 -- ~90 ms, paid once
-
+    stevedore_log = logging.getLogger("stevedore.extension")
+    quiet = _OptionalFormatterFilter()
+    stevedore_log.addFilter(quiet)
+    try:
+        from bandit.core import config as b_config  # noqa: PLC0415 -- ~90 ms, paid once
+        from bandit.core import manager as _  # noqa: F401, PLC0415 -- loads the plugins
+    finally:
+        stevedore_log.removeFilter(quiet)
     return b_config.BanditConfig()
 
 
@@ -296,18 +315,18 @@ def _bandit_version() -> str:
 def warm_up() -> None:
     """Load Bandit's config and plugins now (worker start-up) instead of on the first scan."""
     _bandit_config()
-    from bandit.core import manager  # noqa: F401, PLC0415
 
 
 def _run_bandit(root: Path, sources: list[Path]) -> list[Finding]:
     if not sources:
         return []
-    from bandit.core import manager as b_manager  # noqa: PLC0415 -- cached after warm_up
+    config = _bandit_config()  # first: it imports Bandit with the log filter in place
+    from bandit.core import manager as b_manager  # noqa: PLC0415 -- imported by the above
 
     # Bandit's node visitor keeps module-level state in its test set; one scan at a time
     # per process (worker pools are processes, so this never serialises two workers).
     with _bandit_lock:
-        mgr = b_manager.BanditManager(_bandit_config(), "file", quiet=True)
+        mgr = b_manager.BanditManager(config, "file", quiet=True)
         mgr.files_list = [str(p) for p in sources]
         mgr.run_tests()
         issues = list(mgr.get_issue_list())
