@@ -37,7 +37,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from plugvisor.core.errors import (
     ConflictError,
@@ -422,7 +422,7 @@ def _check_not_newer(current: int) -> None:
 
 def _is_locked(exc: OperationalError) -> bool:
     text = str(exc.orig).lower()
-    return "database is locked" in text or "database is busy" in text or "busy" in text
+    return "locked" in text or "busy" in text
 
 
 # ---- the registry ---------------------------------------------------------------------------
@@ -445,6 +445,8 @@ class Registry:
         self.url = url
         self.lock_timeout = lock_timeout
         self._engine = sa.create_engine(url)
+        # Errors and logs name the database without its password.
+        self._shown_url = self._engine.url.render_as_string(hide_password=True)
         self._sqlite = self._engine.dialect.name == "sqlite"
         if self._sqlite:
             self._install_sqlite_hooks(self._engine, lock_timeout)
@@ -487,8 +489,14 @@ class Registry:
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
-        with self._engine.connect() as conn:
-            yield conn
+        """A read transaction (one consistent snapshot); database failures become StateError."""
+        try:
+            with self._engine.connect() as conn:
+                yield conn
+        except DBAPIError as exc:
+            raise StateError(
+                "database", f"registry read failed: {exc.orig}", url=self._shown_url
+            ) from exc
 
     def _write(self, fn: Callable[[Connection], T]) -> T:
         """Run ``fn`` in one write transaction, retrying on a locked database until the deadline."""
@@ -500,12 +508,14 @@ class Registry:
                     return fn(conn)
             except OperationalError as exc:
                 if not _is_locked(exc):
-                    raise StateError("database", f"registry write failed: {exc.orig}") from exc
+                    raise StateError(
+                        "database", f"registry write failed: {exc.orig}", url=self._shown_url
+                    ) from exc
                 if time.monotonic() >= deadline:
                     raise StateError(
                         "locked",
                         f"registry database stayed locked for {self.lock_timeout:.1f}s",
-                        url=self.url,
+                        url=self._shown_url,
                     ) from exc
                 # Back-off between retries of a contended lock, jittered so writers spread.
                 time.sleep(delay * (0.5 + random.random()))  # noqa: S311
