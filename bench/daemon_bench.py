@@ -1,0 +1,253 @@
+"""Daemon benchmark: call round trip and swaps, each against a baseline of the same run.
+
+Run: ``.venv/bin/python -m plugvisor.bench.daemon_bench [--calls N] [--swaps N]``.
+
+1. Baseline: a raw Unix-socketpair echo between two Python processes (~100-byte
+   messages, ping-pong): p50/p99 round trip and calls/s.
+2. Through the daemon: ``Client.call_raw`` to an echo-like plugin with a ~100-byte JSON
+   request (socket -> daemon thread -> sandboxed host -> back): p50/p99, calls/s on one
+   thread and on several, and the ratio to the baseline.
+3. Swaps under load: client threads call continuously while the control plane swaps
+   between two versions ``--swaps`` times. Swap latency is measured two ways: inside the
+   daemon (command received -> routing flipped, the outcome's ``took_ms``) and end to end
+   (command sent -> first call answered by the new version, which adds the broker hop).
+   Failed calls during the swaps are counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from plugvisor.client import Client
+from plugvisor.core.config import load_settings
+from plugvisor.core.errors import PlugvisorError
+from plugvisor.daemon.control import send_command
+from plugvisor.state.layout import StateLayout
+from plugvisor.testing import store_test_version
+
+REPO = Path(__file__).resolve().parents[1]
+REQUEST = json.dumps({"payload": "x" * 70, "n": 12345}).encode()  # ~100 bytes
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _summary(name: str, lat: list[float], wall: float) -> dict[str, Any]:
+    return {
+        "name": name,
+        "n": len(lat),
+        "p50_us": round(_pct(lat, 0.50) * 1e6, 1),
+        "p99_us": round(_pct(lat, 0.99) * 1e6, 1),
+        "mean_us": round(statistics.fmean(lat) * 1e6, 1),
+        "calls_per_s": round(len(lat) / wall),
+    }
+
+
+def raw_echo(n: int) -> dict[str, Any]:
+    """Ping-pong over a socketpair with a forked Python child."""
+    a, b = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:  # child: echo until EOF
+        a.close()
+        while True:
+            data = b.recv(65536)
+            if not data:
+                os._exit(0)
+            b.sendall(data)
+    b.close()
+    msg = b"\x00\x00\x00\x64" + REQUEST[:96].ljust(96, b" ")
+    lat: list[float] = []
+    for _ in range(200):  # warm-up
+        a.sendall(msg)
+        a.recv(65536)
+    t_all = time.perf_counter()
+    for _ in range(n):
+        t0 = time.perf_counter()
+        a.sendall(msg)
+        got = 0
+        while got < len(msg):
+            got += len(a.recv(65536))
+        lat.append(time.perf_counter() - t0)
+    wall = time.perf_counter() - t_all
+    a.close()
+    os.waitpid(pid, 0)
+    return _summary("raw socketpair echo", lat, wall)
+
+
+class DaemonProc:
+    """A daemon subprocess over a throw-away state directory."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(dir="/tmp", prefix="pv-bench-"))
+        os.chmod(self.root, 0o755)
+        self.layout = StateLayout(self.root)
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("PLUGVISOR_")}
+        self.env.update(
+            PLUGVISOR_STATE_DIR=str(self.root), PLUGVISOR_METRICS_PORT="0",
+            PLUGVISOR_LOG_LEVEL="warning", PLUGVISOR_BROKER_POLLING_INTERVAL="0.005",
+            PLUGVISOR_WATCH_WINDOW_S="0", PLUGVISOR_PLUGIN_CONCURRENCY="4",
+        )  # fmt: skip
+        self.settings = load_settings({"state_dir": str(self.root)}, env=self.env)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        cmd = os.environ.get("PLUGVISOR_BENCH_DAEMON_CMD")
+        argv = [sys.executable, cmd] if cmd else [str(REPO / ".venv" / "bin" / "plugvisor")]
+        self.proc = subprocess.Popen(
+            [*argv, "--state-dir", str(self.root), "daemon"], env=self.env,
+            stdout=subprocess.DEVNULL, stderr=open(self.root / "daemon.log", "wb"),  # noqa: SIM115
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while not self.layout.daemon_socket.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("daemon did not start:\n" + (self.root / "daemon.log").read_text())
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(30)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def daemon_calls(d: DaemonProc, n: int, threads: int) -> list[dict[str, Any]]:
+    client = Client(d.layout.daemon_socket, timeout=30)
+    for _ in range(200):
+        client.call_raw("bench", REQUEST)
+    lat: list[float] = []
+    t_all = time.perf_counter()
+    for _ in range(n):
+        t0 = time.perf_counter()
+        client.call_raw("bench", REQUEST)
+        lat.append(time.perf_counter() - t0)
+    out = [_summary("daemon call, 1 thread", lat, time.perf_counter() - t_all)]
+
+    per = max(1, n // threads)
+    lats: list[list[float]] = [[] for _ in range(threads)]
+
+    def worker(i: int) -> None:
+        for _ in range(per):
+            t0 = time.perf_counter()
+            client.call_raw("bench", REQUEST)
+            lats[i].append(time.perf_counter() - t0)
+
+    ts = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    t_all = time.perf_counter()
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    out.append(
+        _summary(f"daemon call, {threads} threads", [x for part in lats for x in part],
+                 time.perf_counter() - t_all)
+    )  # fmt: skip
+    client.close()
+    return out
+
+
+def swaps_under_load(d: DaemonProc, swaps: int, threads: int) -> dict[str, Any]:
+    client = Client(d.layout.daemon_socket, timeout=30)
+    stop = threading.Event()
+    seen: list[tuple[float, str]] = []
+    failures: list[str] = []
+    lock = threading.Lock()
+    calls = [0]
+
+    def load() -> None:
+        while not stop.is_set():
+            try:
+                env = json.loads(client.call_raw("flip", REQUEST))
+            except PlugvisorError as exc:
+                with lock:
+                    failures.append(str(exc))
+                continue
+            now = time.perf_counter()
+            with lock:
+                calls[0] += 1
+                if env.get("ok"):
+                    seen.append((now, env["result"]["version"]))
+                else:
+                    failures.append(json.dumps(env["error"]))
+
+    ts = [threading.Thread(target=load, daemon=True) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    time.sleep(0.3)
+    inside: list[float] = []
+    end_to_end: list[float] = []
+    for i in range(swaps):
+        target = "2.0.0" if i % 2 == 0 else "1.0.0"
+        t0 = time.perf_counter()
+        outcome = send_command(d.settings, "activate", {"name": "flip", "version": target}, 30)
+        if not outcome.get("ok"):
+            raise SystemExit(f"swap failed: {outcome}")
+        inside.append(outcome["result"]["took_ms"] / 1000)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with lock:  # the earliest answer of the new version after the command was sent
+                new = [ts_ for ts_, v in seen[-2000:] if v == target and ts_ > t0]
+            if new:
+                end_to_end.append(min(new) - t0)
+                break
+            time.sleep(0.001)
+    stop.set()
+    for t in ts:
+        t.join(timeout=30)
+    client.close()
+    return {
+        "swaps": swaps,
+        "calls_during": calls[0],
+        "failed_calls": len(failures),
+        "failures_sample": failures[:3],
+        "in_daemon_ms_p50": round(_pct(inside, 0.5) * 1000, 2),
+        "in_daemon_ms_p99": round(_pct(inside, 0.99) * 1000, 2),
+        "end_to_end_ms_p50": round(_pct(end_to_end, 0.5) * 1000, 2),
+        "end_to_end_ms_p99": round(_pct(end_to_end, 0.99) * 1000, 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--calls", type=int, default=10000)
+    ap.add_argument("--swaps", type=int, default=50)
+    ap.add_argument("--threads", type=int, default=4)
+    args = ap.parse_args(argv)
+
+    raw = raw_echo(args.calls)
+    d = DaemonProc()
+    try:
+        store_test_version(d.layout, "bench", "1.0.0", activate=True)
+        store_test_version(d.layout, "flip", "1.0.0", activate=True)
+        store_test_version(d.layout, "flip", "2.0.0")
+        d.start()
+        through = daemon_calls(d, args.calls, args.threads)
+        swap = swaps_under_load(d, args.swaps, args.threads)
+    finally:
+        d.stop()
+    report = {
+        "baseline": raw,
+        "daemon": through,
+        "ratio_p50": round(through[0]["p50_us"] / raw["p50_us"], 2),
+        "ratio_calls_per_s": round(raw["calls_per_s"] / through[0]["calls_per_s"], 2),
+        "swap": swap,
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
