@@ -24,17 +24,26 @@ __all__ = ["cli", "main"]
 #: imported only when that command runs, so ``plugvisor call`` does not pay for
 #: importing Celery or Flask, and ``--help`` imports nothing.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "api": ("plugvisor.cli.api:api", "Run the HTTP API and admin page (dev server)."),
+    "audit": ("plugvisor.cli.remote:audit", "A plugin's security report (--rescan: scan again)."),
     "call": ("plugvisor.cli.daemon:call", "Call a plugin through the daemon."),
     "config": ("plugvisor.cli.config:config", "Show every setting and its value."),
     "daemon": ("plugvisor.cli.daemon:daemon", "Run the supervisor daemon (foreground)."),
     "install": ("plugvisor.cli.install:install", "Validate and install a signed archive."),
+    "jobs": ("plugvisor.cli.remote:jobs", "Show a job or list recent jobs via the API."),
     "keys": ("plugvisor.cli.keys:keys", "Generate, trust and list signing keys."),
     "pack": ("plugvisor.cli.package:pack", "Pack and sign a plugin directory."),
+    "reload": ("plugvisor.cli.remote:reload", "Reload a plugin to a version via the API."),
+    "remote-status": ("plugvisor.cli.remote:remote_status", "Health and plugins, via the API."),
+    "review": ("plugvisor.cli.remote:review", "Approve or reject a version held for review."),
+    "rollback": ("plugvisor.cli.remote:rollback", "Roll a plugin back via the API."),
     "sandbox-check": (
         "plugvisor.cli.sandbox:sandbox_check",
         "Show which sandbox layers this kernel offers and which are active.",
     ),
     "status": ("plugvisor.cli.install:status", "List plugins and their versions."),
+    "tokens": ("plugvisor.cli.tokens:tokens", "Create, list and revoke API tokens."),
+    "upload": ("plugvisor.cli.remote:upload", "Upload a signed archive via the API."),
     "verify": ("plugvisor.cli.package:verify", "Check an archive and print every check."),
     "worker": ("plugvisor.cli.worker:worker", "Run a Celery worker for upload/scan/audit jobs."),
 }
