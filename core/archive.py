@@ -425,7 +425,10 @@ class _Scan:
                 ArchiveError("non_utf8_name", f"member name {shown!r} is not UTF-8", member=shown),
             )
             return None
-        if raw.startswith("/"):
+        name = raw
+        while name.startswith("./"):
+            name = name[2:]
+        if raw.startswith("/") or name.startswith("/"):
             self.fail(
                 "member paths",
                 ArchiveError(
@@ -433,9 +436,6 @@ class _Scan:
                 ),
             )
             return None
-        name = raw
-        while name.startswith("./"):
-            name = name[2:]
         if m.isdir():
             name = name.rstrip("/")
             if name in ("", "."):
@@ -482,8 +482,6 @@ class _Scan:
             clash = "is both a file and a directory"
         elif any(a in self.files for a in _ancestors(name)):
             clash = "is inside a path that is a file"
-        if m.isdir() and name in self.files:
-            clash = "is both a file and a directory"
         if clash:
             self.bad_members.add(name)
             self.fail(

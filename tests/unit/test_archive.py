@@ -175,9 +175,10 @@ def test_invalid_path(tmp_path: Path, key, trusted, name: str) -> None:
     assert _refused(tmp_path, data, trusted) == "archive.invalid_path"
 
 
-def test_absolute_path(tmp_path: Path, key, trusted) -> None:
+@pytest.mark.parametrize("prefix", ["", ".//"])
+def test_absolute_path(tmp_path: Path, key, trusted, prefix: str) -> None:
     target = tmp_path / "planted.py"
-    data = gzip.compress(_tar(_signed(key, extra=[_info(str(target), b"x = 1\n")])))
+    data = gzip.compress(_tar(_signed(key, extra=[_info(prefix + str(target), b"x = 1\n")])))
     assert _refused(tmp_path, data, trusted) == "archive.absolute_path"
     assert not target.exists()
 
