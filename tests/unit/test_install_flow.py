@@ -315,3 +315,11 @@ def test_recover_state_removes_crash_debris_but_not_live_trees(settings: Setting
     assert report.staging == (debris,) and report.orphans == (orphan.digest,)
     assert os.listdir(layout.staging_dir) == []
     assert os.listdir(layout.versions_dir) == [kept.digest]
+
+
+def test_cli_status_on_a_missing_state_dir_creates_nothing(tmp_path: Path) -> None:
+    missing = load_settings({"state_dir": str(tmp_path / "typo")}, env={})
+    out = run_cli(missing, "status")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "no plugins installed"
+    assert not (tmp_path / "typo").exists()
