@@ -31,6 +31,7 @@ from plugvisor.state.registry import JobStatus, Registry, VersionStatus
 from plugvisor.state.trust import TrustStore
 from plugvisor.workers.app import get_app
 from plugvisor.workers.jobs import start_job, wait_for_job
+from plugvisor.workers.pipelines import recover_stale_jobs
 from plugvisor.workers.tasks import TASK_NAMES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -379,3 +380,23 @@ def test_bad_params_are_refused_before_anything_is_queued(kit: WorkerKit) -> Non
     with pytest.raises(JobError) as info:
         start_job(kit.settings, "nope", {})
     assert info.value.code == "job.unknown_kind"
+
+
+def test_job_stranded_by_a_killed_worker_is_recovered(kit: WorkerKit) -> None:
+    """The record says running, the message is gone: recovery re-enqueues the pipeline."""
+    archive = kit.build(CLEAN_SOURCE)
+    with kit.registry() as reg:
+        job = reg.create_job("upload", {"archive": str(archive)})
+        reg.update_job(
+            job.id,
+            status=JobStatus.running,
+            step="validate_install",
+            steps=[{"name": "validate_install", "status": "running", "attempt": 1}],
+        )
+    # Every running job counts as stale with a zero time limit and grace (no waiting).
+    stale = kit.settings.with_overrides(job_time_limit_s=0.0)
+    assert job.id in recover_stale_jobs(stale, grace_s=0.0)
+    done = wait_for_job(kit.settings, job.id, JOB_TIMEOUT)
+    _assert_succeeded(kit, done)
+    assert done.result["status"] == "approved"
+    assert done.steps[0]["attempt"] == 2
