@@ -796,9 +796,10 @@ class Registry:
                     .where(_plugins.c.name == name)
                     .values(active_version=None, previous_version=version, updated=now)
                 )
+            change = f"{current.status.value} -> {status.value}"
             self._event(
-                conn, name, f"status:{status.value}", version, version,
-                current.status.value, reason or "",
+                conn, name, "status", version, version, status.value,
+                f"{change}: {reason}" if reason else change,
             )  # fmt: skip
             return self._version_in(conn, name, version)
 
@@ -857,7 +858,10 @@ class Registry:
 
     # ---- dependencies ----------------------------------------------------------------------
     def dependents(self, name: str) -> list[Dependent]:
-        """Plugins whose active version requires ``name``: ``(plugin, version, range)``."""
+        """Plugins whose active version requires ``name``: ``(plugin, version, range)``.
+
+        A disabled plugin still counts: enabling it brings that version back.
+        """
         with self._read() as conn:
             return self._dependents_in(conn, name)
 

@@ -221,6 +221,9 @@ def test_set_status_records_the_review_decision(reg: Registry) -> None:
     assert rec.status is VersionStatus.approved
     assert (rec.review_by, rec.review_reason) == ("alice", "false positive")
     assert rec.review_at is not None and rec.report == {"findings": []}
+    event = reg.list_events(plugin="p")[0]
+    assert (event.kind, event.outcome) == ("status", "approved")
+    assert event.reason == "review -> approved: false positive"
     with pytest.raises(StateError):
         reg.set_status("p", "1.0.0", VersionStatus.active)
 
