@@ -10,7 +10,7 @@ class Plugin:
         self.db.execute(
             "CREATE TABLE IF NOT EXISTS greetings (name TEXT PRIMARY KEY, count INTEGER NOT NULL)"
         )
-        self.log.info("greeter_ready", version=VERSION)
+        self.log.info("greeter_ready")  # records are tagged with plugin and version already
 
     def handle(self, request):
         name = request.get("name", "world")
