@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -190,8 +191,10 @@ class StateLayout:
             self.root.parent.mkdir(parents=True, exist_ok=True)
             for path, mode in self.dir_modes().items():
                 created = _mkdir(path, mode)
-                if created or path != self.root:
-                    os.chmod(path, mode)  # explicit: mkdir's mode is masked by umask
+                # Explicit: mkdir's mode is masked by umask. Only when it differs, so a
+                # process that does not own the tree (the API's user) can still ensure().
+                if (created or path != self.root) and stat.S_IMODE(path.stat().st_mode) != mode:
+                    os.chmod(path, mode)
         except OSError as exc:
             raise StateError(
                 "unusable", f"cannot create state directory {self.root}: {exc}",
