@@ -41,6 +41,7 @@ from plugvisor.core.errors import (
     SignatureError,
     StateError,
 )
+from plugvisor.core.fs import fsync_dir
 from plugvisor.core.log import get_logger
 from plugvisor.core.manifest import (
     MANIFEST_NAME,
@@ -775,14 +776,6 @@ def _seal(root: Path) -> None:
     os.chmod(root, 0o555)  # noqa: S103 -- the sandbox user must read the plugin code
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def extract_archive(
     archive: Path | str,
     dest: Path | str,
@@ -825,7 +818,7 @@ def extract_archive(
     except BaseException:
         remove_tree(tmp)
         raise
-    _fsync_dir(dest.parent)
+    fsync_dir(dest.parent)
     digest = hashlib.sha256(scan.manifest_bytes).hexdigest()
     _log.info(
         "archive_extracted",
@@ -1027,6 +1020,6 @@ def pack(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(out_dir)
+    fsync_dir(out_dir)
     _log.info("archive_packed", plugin=meta.name, version=str(meta.version), path=str(out))
     return out

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Final
 
 from plugvisor.core.errors import NotFoundError, PlugvisorError
+from plugvisor.core.fs import atomic_write
 from plugvisor.core.log import get_logger
-from plugvisor.core.signing import PublicKey, atomic_write, load_public_key, public_pem
+from plugvisor.core.signing import PublicKey, load_public_key, public_pem
 from plugvisor.state.layout import StateLayout
 
 __all__ = ["TrustStore"]
