@@ -9,9 +9,12 @@ from __future__ import annotations
 import io
 import json
 import os
+import pwd
+import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -323,3 +326,53 @@ def test_cli_status_on_a_missing_state_dir_creates_nothing(tmp_path: Path) -> No
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "no plugins installed"
     assert not (tmp_path / "typo").exists()
+
+
+def test_the_sandbox_user_reads_plugin_code_but_not_keys_or_quarantine(build) -> None:
+    """Modes as created: ``nobody`` reaches versions/<digest>/ and nothing private."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to switch to the sandbox user: setuid missing")
+    try:
+        nobody = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no 'nobody' user on this machine")
+    # pytest's tmp_path sits below a 0o700 directory; use a traversable parent of our own.
+    base = Path(tempfile.mkdtemp(prefix="plugvisor-modes-"))
+    try:
+        os.chmod(base, 0o755)
+        settings = load_settings({"state_dir": str(base / "state")}, env={})
+        key = base / "signer"
+        generate_keypair(key)
+        TrustStore(settings.state_dir).trust(Path(f"{key}.pub"))
+        rec = install_archive(settings, build("1.0.0", signer=key))
+        refused_archive = build("0.1.0", signer=key)
+        with pytest.raises(PlugvisorError):
+            install_archive(settings, refused_archive)
+        layout = StateLayout(settings.state_dir)
+        probe = (
+            "import sys\n"
+            "for p in sys.argv[1:]:\n"
+            "    try:\n"
+            "        open(p, 'rb').read(1); print('read', p)\n"
+            "    except PermissionError:\n"
+            "        print('denied', p)\n"
+        )
+        code = layout.version_dir(rec.digest) / "greeter" / "__init__.py"
+        key_file = TrustStore(settings.state_dir).list()[0][1]
+        [entry] = Quarantine(layout).list()
+        assert entry.archive is not None
+        out = subprocess.run(
+            ["/usr/bin/python3", "-I", "-c", probe, str(code), str(key_file),
+             str(entry.archive), str(layout.registry_db)],
+            user=nobody.pw_uid, group=nobody.pw_gid, extra_groups=[],
+            capture_output=True, text=True, timeout=30, cwd="/",
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.splitlines() == [
+            f"read {code}",
+            f"denied {key_file}",
+            f"denied {entry.archive}",
+            f"denied {layout.registry_db}",
+        ]
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
