@@ -31,12 +31,10 @@ from plugvisor.daemon.control import ControlPlane
 from plugvisor.daemon.metrics import DaemonMetrics
 from plugvisor.daemon.notify import Notifier
 from plugvisor.daemon.sandbox import Spawner
-from plugvisor.daemon.sandbox.violations import ViolationTracker
 from plugvisor.daemon.supervisor import Supervisor
 from plugvisor.daemon.swap import SwapEngine
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.registry import Registry
-from plugvisor.state.security_log import SecurityLog
 from plugvisor.state.store import VersionStore
 
 __all__ = ["Daemon", "run_daemon"]
@@ -61,7 +59,6 @@ class Daemon:
         self.swap: SwapEngine | None = None
         self.calls: CallServer | None = None
         self.control: ControlPlane | None = None
-        self.tracker: ViolationTracker | None = None
 
     # ---- start ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -69,12 +66,9 @@ class Daemon:
         self.layout.ensure()
         self._write_pid()
         self.registry = Registry(self.layout)
-        security_log = SecurityLog(self.layout.security_log)
-        self.tracker = ViolationTracker(
-            threshold=s.violation_threshold, window_s=s.violation_window_s,
-            on_trip=self._violations_tripped,
-        )  # fmt: skip
-        self.spawner = Spawner(s, security_log=security_log, on_violation=self._on_violation)
+        self.spawner = Spawner(
+            s, security_log=_security_log(self.layout), on_violation=self._on_violation
+        )
         self.spawner.start()
         sup = self.supervisor = Supervisor(
             s, self.layout, self.registry, VersionStore(self.layout), self.spawner,
@@ -116,14 +110,6 @@ class Daemon:
     def _on_violation(self, plugin: str, version: str, kind: str, detail: str) -> None:
         if self.supervisor is not None:
             self.supervisor.violation(plugin, version, kind, detail)
-        if self.tracker is not None:
-            self.tracker.record(plugin, version, kind, detail)
-
-    def _violations_tripped(self, plugin: str, reason: str) -> None:
-        if self.supervisor is not None:
-            threading.Thread(
-                target=self.supervisor.disable, args=(plugin, reason, "violations"), daemon=True
-            ).start()
 
     def handle_command(self, kind: str, params: Mapping[str, Any]) -> Any:
         """Apply one control-plane command (called on the control-plane thread)."""
@@ -171,9 +157,6 @@ class Daemon:
         configure_logging(new.log_level, new.log_format, component="daemon")
         if self.supervisor is not None:
             self.supervisor.settings = new
-        if self.tracker is not None:
-            self.tracker.threshold = new.violation_threshold
-            self.tracker.window_s = new.violation_window_s
         _log.info("settings_reloaded")
 
     def stop(self) -> None:
@@ -201,6 +184,16 @@ class Daemon:
                     continue  # not ours any more
                 path.unlink()
         _log.info("daemon_stopped", took_s=round(time.monotonic() - t0, 3))
+
+
+def _security_log(layout: StateLayout) -> Any:
+    """The hash-chained security log the sandbox writes violations to."""
+    try:
+        from plugvisor.state.security_log import SecurityLog  # noqa: PLC0415
+    except ImportError as exc:  # built in parallel; a missing log must be loud, not silent
+        _log.error("security_log_unavailable", error=str(exc))
+        return None
+    return SecurityLog(layout.security_log)
 
 
 def _is_daemon(pid: int) -> bool:

@@ -82,6 +82,7 @@ class PluginSlot:
     reason: str = ""
     swap_lock: threading.RLock = field(default_factory=threading.RLock)
     crashes: deque[float] = field(default_factory=deque)
+    violations: deque[float] = field(default_factory=deque)
     watch: Watch | None = None
     #: The version the registry names active (also when not running).
     version: str | None = None
@@ -412,11 +413,28 @@ class Supervisor:
 
     # ---- violations and crashes ----------------------------------------------------------------
     def violation(self, plugin: str, version: str, kind: str, detail: str = "") -> None:
-        """A sandbox violation of ``plugin`` (from the ViolationTracker callback)."""
+        """A sandbox violation of ``plugin`` (the sandbox's ``on_violation`` callback).
+
+        Counts against a running watch window, and ``violation_threshold`` violations
+        within ``violation_window_s`` disable the plugin with the reason.
+        """
         self.metrics.violations.labels(plugin, kind).inc()
         slot = self.slots.get(plugin)
-        if slot is not None:
-            self._note_error(slot, version, "violation." + kind)
+        if slot is None:
+            return
+        self._note_error(slot, version, "violation." + kind)
+        now = time.monotonic()
+        window = self.settings.violation_window_s
+        with self._route_lock:
+            slot.violations.append(now)
+            while slot.violations and slot.violations[0] < now - window:
+                slot.violations.popleft()
+            count = len(slot.violations)
+        if count >= self.settings.violation_threshold and slot.state is SlotState.ACTIVE:
+            reason = f"{count} sandbox violations within {window:g} s (last: {kind}: {detail})"
+            threading.Thread(
+                target=self.disable, args=(plugin, reason[:500], "violations"), daemon=True
+            ).start()
 
     def _host_exited(self, pool: HostPool, crashed: bool) -> None:
         if not crashed:
@@ -468,6 +486,7 @@ class Supervisor:
             plugin = self.registry.get_plugin(name)
             active = plugin.active_version
             slot.crashes.clear()
+            slot.violations.clear()
             if not active:
                 self.route(slot, None, SlotState.DOWN, "no active version")
             else:
