@@ -32,7 +32,7 @@ from plugvisor.core.log import get_logger
 from plugvisor.core.profile import load_profile
 from plugvisor.state.install import install_archive
 from plugvisor.state.layout import StateLayout
-from plugvisor.state.registry import Registry, VersionRecord, VersionStatus
+from plugvisor.state.registry import JobStatus, Registry, VersionRecord, VersionStatus
 from plugvisor.workers.jobs import JobFailed, JobRun, Step, open_registry
 from plugvisor.workers.scanner import ScanReport, Severity, scan_tree
 
@@ -110,7 +110,9 @@ def _job_body(
         # JobFailed: the step recorded the failure on the job; the chain's next tasks skip.
         with contextlib.suppress(JobFailed):
             body(job, settings)
-        return {"job_id": job_id, "status": job.refresh().status.value}
+        if job.refresh().status in (JobStatus.succeeded, JobStatus.failed):
+            _discard_upload(settings, job)
+        return {"job_id": job_id, "status": job.record.status.value}
 
     run.__name__ = body.__name__
     run.__doc__ = body.__doc__
@@ -169,6 +171,25 @@ def _manifest_digest(archive: Path) -> str | None:
             return hashlib.sha256(fh.read(_MAX_MANIFEST_BYTES)).hexdigest()
     except (OSError, tarfile.TarError, KeyError, EOFError):
         return None
+
+
+def _discard_upload(settings: Settings, job: JobRun) -> None:
+    """Remove a finished upload's spooled archive (the API's ``staging/uploads/`` file).
+
+    The version store holds the extracted tree and the quarantine its own copy of a
+    refused archive, so the spool file has no further use. Only files under
+    ``staging/uploads/`` are ours to remove: an archive given by path (CLI, tests) stays.
+    """
+    if job.record.kind != "upload":
+        return
+    archive = Path(str(job.params.get("archive", "")))
+    spool = StateLayout(settings.state_dir).staging_dir / "uploads"
+    try:
+        if archive.resolve().parent == spool.resolve() and archive.is_file():
+            archive.unlink()
+            job.log.info("job.upload_discarded", archive=str(archive))
+    except OSError as exc:
+        job.log.warning("job.upload_not_discarded", archive=str(archive), error=str(exc))
 
 
 def _version_ref(record: VersionRecord) -> dict[str, Any]:

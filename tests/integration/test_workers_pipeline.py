@@ -400,3 +400,19 @@ def test_job_stranded_by_a_killed_worker_is_recovered(kit: WorkerKit) -> None:
     _assert_succeeded(kit, done)
     assert done.result["status"] == "approved"
     assert done.steps[0]["attempt"] == 2
+
+
+def test_spooled_upload_is_removed_once_the_job_finished(kit: WorkerKit) -> None:
+    spool = kit.layout.staging_dir / "uploads"
+    spool.mkdir(mode=0o700, exist_ok=True)
+    good = spool / "good.tar.gz"
+    good.write_bytes(kit.build(CLEAN_SOURCE).read_bytes())
+    bad = spool / "bad.tar.gz"
+    bad.write_bytes(kit.build(CLEAN_SOURCE, key=kit.untrusted_key).read_bytes())
+    outside = kit.build(CLEAN_SOURCE)
+    _assert_succeeded(kit, kit.upload(good))
+    assert kit.upload(bad).status is JobStatus.failed
+    _assert_succeeded(kit, kit.upload(outside))
+    assert not good.exists() and not bad.exists()
+    assert outside.exists()  # given by path, not spooled: not ours to remove
+    assert Quarantine(kit.layout).list()[-1].archive is not None  # the refused copy stays
