@@ -21,7 +21,8 @@ from typing import Any
 
 from plugvisor.core.archive import remove_tree as _remove_tree
 from plugvisor.core.errors import PlugvisorError, StateError
-from plugvisor.state._fs import fsync_dir as _fsync_dir
+from plugvisor.core.fs import atomic_write
+from plugvisor.core.fs import fsync_dir as _fsync_dir
 from plugvisor.state.layout import StateLayout
 
 __all__ = ["Quarantine", "QuarantineEntry"]
@@ -79,7 +80,11 @@ class Quarantine:
                 "archive_kept": kept_name is not None,
                 "time": now.isoformat(timespec="microseconds"),
             }
-            _write_file(tmp / REASON_FILE, json.dumps(reason, indent=2, sort_keys=True) + "\n")
+            atomic_write(
+                tmp / REASON_FILE,
+                (json.dumps(reason, indent=2, sort_keys=True) + "\n").encode(),
+                0o600,
+            )
             _fsync_dir(tmp)
             stem = f"{now.strftime('%Y%m%dT%H%M%S.%fZ')}-{(sha256 or 'unreadable')[:12]}"
             for n in range(100):
@@ -149,11 +154,3 @@ class Quarantine:
 
 def _jsonable(details: dict[str, Any]) -> dict[str, Any]:
     return dict(json.loads(json.dumps(details, default=str)))
-
-
-def _write_file(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())

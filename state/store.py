@@ -21,8 +21,9 @@ from pathlib import Path
 
 from plugvisor.core.archive import remove_tree as _remove_tree
 from plugvisor.core.errors import PlugvisorError, StateError
+from plugvisor.core.fs import atomic_write
+from plugvisor.core.fs import fsync_dir as _fsync_dir
 from plugvisor.core.manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest, parse_manifest
-from plugvisor.state._fs import fsync_dir as _fsync_dir
 from plugvisor.state.layout import StateLayout
 
 __all__ = ["CONTROL_FILES", "VersionStore"]
@@ -213,11 +214,7 @@ def _write_manifest(path: Path, manifest: Manifest, digest: str) -> None:
             "digest_mismatch", f"the manifest hashes to {actual}, not to digest {digest}",
             digest=digest,
         )  # fmt: skip
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+    atomic_write(path, data, 0o444)
 
 
 def _make_read_only(top: Path) -> None:
