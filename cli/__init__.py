@@ -41,6 +41,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "plugvisor.cli.sandbox:sandbox_check",
         "Show which sandbox layers this kernel offers and which are active.",
     ),
+    "security-log": (
+        "plugvisor.cli.security_log:security_log",
+        "Verify the hash-chained security log; show recent violations.",
+    ),
     "status": ("plugvisor.cli.install:status", "List plugins and their versions."),
     "tokens": ("plugvisor.cli.tokens:tokens", "Create, list and revoke API tokens."),
     "upload": ("plugvisor.cli.remote:upload", "Upload a signed archive via the API."),
