@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from plugvisor.core.errors import StateError
+from plugvisor.core.fs import atomic_write
 
 __all__ = [
     "FIELDS",
@@ -124,15 +125,7 @@ def _read_head(path: Path) -> dict[str, Any] | None:
 
 
 def _write_head(path: Path, lines: int, last_hash: str) -> None:
-    head = head_path(path)
-    tmp = head.with_name(f".{head.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-    try:
-        os.write(fd, _canonical({"lines": lines, "hash": last_hash}) + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, head)
+    atomic_write(head_path(path), _canonical({"lines": lines, "hash": last_hash}) + b"\n", 0o640)
 
 
 class SecurityLog:
