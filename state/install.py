@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import os
+import re
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -58,6 +59,9 @@ QUARANTINED_ERRORS: tuple[type[PlugvisorError], ...] = (
 )
 
 _log = get_logger(__name__)
+#: Names of what an install creates in staging/: its uuid dir, extract_archive's temp
+#: sibling of that dir, and VersionStore.remove's trash.
+_INSTALL_DEBRIS = re.compile(r"^(?:[0-9a-f]{32}|\.[0-9a-f]{32}\..+\.part|\.trash-.+)$")
 
 
 def store_archive(
@@ -132,11 +136,13 @@ def recover_state(
 ) -> RecoveryReport:
     """Remove what a crash mid-install can leave: ``staging/`` leftovers and orphan trees.
 
-    Run by the daemon at start. Under the install lock no install is running, so a
-    ``staging/`` entry older than ``staging_grace_s`` is debris (the grace spares any
-    other user of ``staging/``). A tree under ``versions/`` that no registry row
-    references is removed only when older than ``orphan_grace_s``: a worker may have
-    stored it with :func:`store_archive` and be waiting for the daemon to record it.
+    Run by the daemon at start. Under the install lock no install is running, so an
+    install's ``staging/`` entry (a ``<uuid>`` dir, extraction's ``.<uuid>.*.part``, the
+    store's ``.trash-*``) older than ``staging_grace_s`` is debris; anything else in
+    ``staging/`` (the API's ``uploads/``) is left alone. A tree under ``versions/``
+    that no registry row references is removed only when older than ``orphan_grace_s``:
+    a worker may have stored it with :func:`store_archive` and be waiting for the
+    daemon to record it.
     """
     layout.ensure()
     store = VersionStore(layout)
@@ -145,6 +151,9 @@ def recover_state(
     with _install_lock(layout, lock_timeout), Registry(layout) as registry:
         now = time.time()
         for entry in sorted(layout.staging_dir.iterdir()):
+            # Only what installs leave: other users of staging/ (uploads/) are not ours.
+            if not _INSTALL_DEBRIS.match(entry.name):
+                continue
             if now - os.lstat(entry).st_mtime >= staging_grace_s:
                 remove_tree(entry)
                 removed.append(entry)

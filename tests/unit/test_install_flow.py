@@ -306,17 +306,21 @@ def test_recover_state_removes_crash_debris_but_not_live_trees(settings: Setting
     layout = StateLayout(settings.state_dir)
     kept = install_archive(settings, build("1.0.0"))
     orphan = store_archive(settings, build("2.0.0"))  # stored, never recorded
-    debris = layout.staging_dir / ".greeter.abc.part"
+    debris = layout.staging_dir / f".{'ab' * 16}.x1y2.part"  # extraction's temp dir
     (debris / "greeter").mkdir(parents=True)
     (debris / "greeter" / "x.py").write_text("")
     os.chmod(debris, 0o555)
+    uploads = layout.staging_dir / "uploads"  # the API's spool: not install debris
+    uploads.mkdir()
+    (uploads / "queued.tar.gz").write_bytes(b"x")
     # Fresh debris and a fresh orphan are spared (a live worker may own them) ...
     report = recover_state(layout)
     assert report.staging == () and report.orphans == ()
     # ... old ones go.
     report = recover_state(layout, staging_grace_s=0, orphan_grace_s=0)
     assert report.staging == (debris,) and report.orphans == (orphan.digest,)
-    assert os.listdir(layout.staging_dir) == []
+    assert os.listdir(layout.staging_dir) == ["uploads"]
+    assert (uploads / "queued.tar.gz").exists()
     assert os.listdir(layout.versions_dir) == [kept.digest]
 
 
