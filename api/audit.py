@@ -21,6 +21,7 @@ from plugvisor.core.manifest import parse_manifest
 from plugvisor.core.profile import load_profile
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.registry import Registry, VersionRecord
+from plugvisor.state.security_log import verify_log
 from plugvisor.state.trust import TrustStore
 
 __all__ = ["MAX_VIOLATIONS", "build_audit_report", "read_security_log", "verify_security_log"]
@@ -108,6 +109,8 @@ def _integrity(layout: StateLayout, version: VersionRecord) -> dict[str, Any]:
     store = VersionStore(layout)
     try:
         root = store.path(version.digest)
+        if not root.is_dir():
+            return {"ok": False, "digest": version.digest, "problems": [f"{root} is missing"]}
         manifest_file = root / "MANIFEST.json"
         if not manifest_file.is_file():
             return {"ok": None, "digest": version.digest, "problems": ["MANIFEST.json not kept"]}
@@ -165,13 +168,10 @@ def read_security_log(
 
 def verify_security_log(path: Path) -> dict[str, Any]:
     """The hash chain's status: ``{ok, lines, first_bad_line, reason}``."""
-    from plugvisor.state import security_log  # noqa: PLC0415 -- lands with the daemon
-
-    verify = getattr(security_log, "verify", None) or security_log.verify_log
-    report = verify(path)
+    report = verify_log(path)
     return {
-        "ok": bool(report.ok),
-        "lines": int(report.lines),
+        "ok": report.ok,
+        "lines": report.lines,
         "first_bad_line": report.first_bad_line,
         "reason": report.reason or None,
     }

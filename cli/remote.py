@@ -267,7 +267,7 @@ def _run_job(
     if ctx.as_json:
         emit(ctx, job)
         if job.get("status") == "failed":
-            raise click.exceptions.Exit(1)
+            sys.exit(1)  # click returns, not raises, Exit with standalone_mode=False
         return job
     if job.get("status") == "failed":
         err = job.get("error") if isinstance(job.get("error"), dict) else None
@@ -483,4 +483,4 @@ def remote_status(ctx: CliContext) -> None:
         )
     emit(ctx, out, "\n".join(lines))
     if not health.get("ok"):
-        raise click.exceptions.Exit(1)
+        sys.exit(1)  # degraded: scripts test the exit code

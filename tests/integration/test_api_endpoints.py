@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import pytest
 
 from plugvisor.api.testkit import ApiKit
 from plugvisor.state.registry import VersionStatus
+from plugvisor.state.security_log import SecurityLog
 from plugvisor.state.tokens import TOKENS_FILE, Role, TokenStore, hash_token
 from plugvisor.workers.pipelines import PIPELINES
 
@@ -35,6 +38,12 @@ def _error(resp: Any) -> dict[str, Any]:
     body = resp.get_json()
     assert isinstance(body, dict) and "error" in body, resp.data
     return body["error"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _has_pipeline(kind: str) -> bool:
@@ -402,16 +411,14 @@ def test_audit_report_shows_findings_signature_profile(kit: ApiKit) -> None:
 
 
 def test_security_log_entries_and_chain(kit: ApiKit) -> None:
-    # Imported here: the module lands with the daemon's violation tracker.
-    from plugvisor.state.security_log import SecurityLog  # noqa: PLC0415
-
     log = SecurityLog(kit.layout.security_log)
-    log.record("greeter", "1.0.0", "r1", "policy.forbidden", {"op": "socket"}, "blocked")
-    log.record("other", "2.0.0", "r2", "budget.time", {"limit": 5}, "killed")
+    log.record("greeter", "1.0.0", "r1", "policy.forbidden", "socket()", "blocked")
+    log.record("other", "2.0.0", "r2", "budget.time", "5 s", "killed")
     viewer = kit.auth(Role.VIEWER)
     body = kit.client.get("/api/security-log", headers=viewer).get_json()
     assert [e["plugin"] for e in body["entries"]] == ["greeter", "other"]
-    assert body["chain"] == {"ok": True, "lines": 2, "first_bad_line": None, "reason": None}
+    assert body["chain"]["ok"] is True
+    assert (body["chain"]["lines"], body["chain"]["first_bad_line"]) == (2, None)
     only = kit.client.get("/api/security-log?plugin=greeter", headers=viewer).get_json()
     assert [e["kind"] for e in only["entries"]] == ["policy.forbidden"]
     kit.add_version("greeter", "1.0.0", activate=True)
@@ -452,8 +459,10 @@ def test_call_without_daemon_is_503_envelope(kit: ApiKit) -> None:
 def test_call_through_a_real_daemon(daemon_kit: Any) -> None:
     daemon_kit.add_version("echo", "1.0.0", activate=True)
     daemon_kit.add_version("broken", "1.0.0", mode="error", activate=True)
+    port = _free_port()
+    daemon_kit.env["PLUGVISOR_METRICS_PORT"] = str(port)
     daemon_kit.start()
-    kit = ApiKit.create(root=daemon_kit.root)
+    kit = ApiKit.create(root=daemon_kit.root, metrics_port=port)
     try:
         op = kit.auth(Role.OPERATOR)
         resp = kit.client.post("/api/plugins/echo/call", json={"name": "Ada"}, headers=op)
@@ -472,6 +481,15 @@ def test_call_through_a_real_daemon(daemon_kit: Any) -> None:
         health = kit.client.get("/api/health")
         assert health.get_json()["daemon"]["reachable"] is True
         assert health.status_code == 200
+        # /metrics: the API's own counters followed by the daemon's exposition.
+        metrics = kit.client.get("/metrics", headers=kit.auth(Role.VIEWER))
+        assert metrics.status_code == 200
+        text = metrics.get_data(as_text=True)
+        assert 'plugvisor_api_requests_total{endpoint="plugins.call"' in text
+        assert "plugvisor_api_daemon_metrics_up 1.0" in text
+        assert re.search(r'^plugvisor_calls_total\{[^}]*plugin="echo"[^}]*\} [1-9]', text, re.M), (
+            text
+        )
     finally:
         kit.close()
         daemon_kit.stop()
