@@ -189,6 +189,7 @@ def swaps_under_load(d: DaemonProc, swaps: int, threads: int) -> dict[str, Any]:
         t.start()
     time.sleep(0.3)
     inside: list[float] = []
+    phases: list[dict[str, float]] = []
     end_to_end: list[float] = []
     for i in range(swaps):
         target = "2.0.0" if i % 2 == 0 else "1.0.0"
@@ -197,6 +198,7 @@ def swaps_under_load(d: DaemonProc, swaps: int, threads: int) -> dict[str, Any]:
         if not outcome.get("ok"):
             raise SystemExit(f"swap failed: {outcome}")
         inside.append(outcome["result"]["took_ms"] / 1000)
+        phases.append(outcome["result"].get("phases_ms", {}))
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             with lock:  # the earliest answer of the new version after the command was sent
@@ -218,6 +220,10 @@ def swaps_under_load(d: DaemonProc, swaps: int, threads: int) -> dict[str, Any]:
         "in_daemon_ms_p99": round(_pct(inside, 0.99) * 1000, 2),
         "end_to_end_ms_p50": round(_pct(end_to_end, 0.5) * 1000, 2),
         "end_to_end_ms_p99": round(_pct(end_to_end, 0.99) * 1000, 2),
+        "phases_ms_p50_cumulative": {
+            k: round(statistics.median(p[k] for p in phases if k in p), 2)
+            for k in (phases[0] if phases else {})
+        },
     }
 
 

@@ -70,9 +70,12 @@ class SwapEngine:
                     "conflict", "; ".join(conflicts), plugin=name, version=version,
                     conflicts=conflicts,
                 )  # fmt: skip
+            phases = {"checks": time.perf_counter() - t0}
             try:
                 info = sup.version_info(name, version)
+                phases["verify"] = time.perf_counter() - t0
                 pool = sup.start_pool(info)
+                phases["spawn_health"] = time.perf_counter() - t0
             except PlugvisorError as exc:
                 self._failed(name, kind, running, version, str(exc))
                 details = {**exc.details, "plugin": name, "version": version, "cause": exc.code}
@@ -86,6 +89,7 @@ class SwapEngine:
                 sup.retire(pool, drain_timeout=0.0)
                 self._failed(name, kind, running, version, str(exc))
                 raise
+            phases["commit"] = time.perf_counter() - t0
             previous = old_rec.version if old_rec is not None else running
             old_pool = sup.route(slot, pool, SlotState.ACTIVE, "", version)
             slot.crashes.clear()
@@ -113,6 +117,8 @@ class SwapEngine:
         return {
             "plugin": name, "outcome": "swapped", "from": previous, "to": version,
             "took_ms": round(took * 1000, 3),
+            # Cumulative milliseconds at the end of each phase (for benchmarks and logs).
+            "phases_ms": {k: round(v * 1000, 3) for k, v in phases.items()},
         }  # fmt: skip
 
     def rollback(self, name: str, version: str | None = None) -> dict[str, Any]:

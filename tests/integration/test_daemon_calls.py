@@ -1,29 +1,141 @@
-"""The call path through a real daemon: calls, errors, the CLI, start-up and SIGTERM."""
+"""The call path through a real daemon: calls, refusals, the CLI, metrics, sd_notify, SIGTERM."""
 
 from __future__ import annotations
 
 import json
+import socket
+import stat
+import subprocess
+import threading
+import urllib.request
+from pathlib import Path
 
 import pytest
 
-from plugvisor.core.errors import PluginRuntimeError
+from plugvisor.core.errors import PluginRuntimeError, PlugvisorError
 
 pytestmark = pytest.mark.slow
 
+VENV_BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin"
 
-def test_call_roundtrip_and_refusals(daemon_kit):
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_call_roundtrip_refusals_and_clean_stop(daemon_kit):
     daemon_kit.add_version("greeter", "1.0.0", activate=True)
+    daemon_kit.add_version("broken", "1.0.0", mode="error", activate=True)
     daemon_kit.start()
+    sock = daemon_kit.layout.daemon_socket
+    assert stat.S_IMODE(sock.stat().st_mode) == 0o660
     client = daemon_kit.client()
-    assert client.call("greeter", {"hi": 1})["version"] == "1.0.0"
-    assert client.call("greeter", {"hi": 2})["echo"] == {"hi": 2}
+    assert client.call("greeter", {"hi": 1}) == {"version": "1.0.0", "echo": {"hi": 1}, "calls": 1}
+    env = json.loads(client.call_raw("greeter", b"[1,2]"))
+    assert env["ok"] is True and env["result"]["echo"] == [1, 2]
     with pytest.raises(PluginRuntimeError) as exc:
         client.call("nobody-here", {})
     assert exc.value.code == "plugin.not_found"
-    env = json.loads(client.call_raw("greeter", b"[1,2]"))
-    assert (
-        env == {"ok": True, "result": {"version": "1.0.0", "echo": [1, 2], "calls": 3}} or env["ok"]
-    )
+    with pytest.raises(PluginRuntimeError) as exc:
+        client.call("broken", {})
+    assert exc.value.code == "plugin.error" and "broken on purpose" in exc.value.message
+    # Threads share one Client: one connection per thread, answers never cross.
+    answers: dict[int, object] = {}
+
+    def worker(i: int) -> None:
+        answers[i] = client.call("greeter", {"i": i})["echo"]
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert answers == {i: {"i": i} for i in range(8)}
     assert daemon_kit.stop() == 0
-    assert not daemon_kit.layout.daemon_socket.exists()
+    assert not sock.exists()
     assert not daemon_kit.layout.daemon_pid.exists()
+    with pytest.raises(PluginRuntimeError) as exc:
+        client.call("greeter", {})
+    assert exc.value.code == "plugin.unavailable"
+
+
+def test_cli_call_prints_the_envelope_and_exit_code(daemon_kit):
+    daemon_kit.add_version("greeter", "1.0.0", activate=True)
+    daemon_kit.start()
+    cmd = [str(VENV_BIN / "plugvisor"), "--state-dir", str(daemon_kit.root), "call"]
+    ok = subprocess.run([*cmd, "greeter", '{"a": 1}'], capture_output=True, text=True, timeout=30,
+                        env=daemon_kit.env)  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout) == {"ok": True, "result": {"version": "1.0.0", "echo": {"a": 1},
+                                                             "calls": 1}}  # fmt: skip
+    bad = subprocess.run([*cmd, "missing", "{}"], capture_output=True, text=True, timeout=30,
+                         env=daemon_kit.env)  # fmt: skip
+    assert bad.returncode != 0
+    assert json.loads(bad.stdout)["error"]["code"] == "plugin.not_found"
+    # `call` stays light: no Celery, Flask or SQLAlchemy in its process.
+    probe = subprocess.run(
+        [str(VENV_BIN / "python"), "-c",
+         "import sys\nfrom plugvisor.cli import main\n"
+         "try:\n    main(['--state-dir', sys.argv[1], 'call', 'greeter', '{}'])\n"
+         "except SystemExit:\n    pass\n"
+         "heavy = [m for m in ('celery', 'flask', 'sqlalchemy', 'kombu') if m in sys.modules]\n"
+         "print(repr(heavy), file=sys.stderr)", str(daemon_kit.root)],
+        capture_output=True, text=True, timeout=30, env=daemon_kit.env,
+    )  # fmt: skip
+    assert probe.stderr.strip().splitlines()[-1] == "[]", probe.stderr
+
+
+def test_overload_is_refused_with_a_typed_error(daemon_kit):
+    daemon_kit.env.update(PLUGVISOR_PLUGIN_CONCURRENCY="1", PLUGVISOR_PLUGIN_QUEUE_LIMIT="1")
+    daemon_kit.add_version("slowpoke", "1.0.0", activate=True)
+    daemon_kit.start()
+    codes: list[str] = []
+    lock = threading.Lock()
+
+    def slow() -> None:
+        try:
+            daemon_kit.client().call("slowpoke", {"sleep": 1.0})
+            code = "ok"
+        except PlugvisorError as exc:
+            code = exc.code
+        with lock:
+            codes.append(code)
+
+    threads = [threading.Thread(target=slow) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    # One runs, one waits in the queue, the other two are refused at once.
+    assert sorted(codes) == ["ok", "ok", "plugin.overloaded", "plugin.overloaded"], codes
+
+
+def test_metrics_endpoint_and_watchdog_pings(daemon_kit):
+    port = _free_port()
+    daemon_kit.env.update(PLUGVISOR_METRICS_PORT=str(port), WATCHDOG_USEC="200000")
+    daemon_kit.add_version("greeter", "1.0.0", activate=True)
+    daemon_kit.start()
+    client = daemon_kit.client()
+    for _ in range(3):
+        client.call("greeter", {})
+    with pytest.raises(PluginRuntimeError):
+        client.call("ghost", {})
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert 'plugvisor_calls_total{code="ok",plugin="greeter"} 3.0' in body
+    assert 'plugvisor_calls_total{code="plugin.not_found",plugin="ghost"} 1.0' in body
+    assert "plugvisor_call_seconds_bucket" in body
+    # WATCHDOG_USEC=0.2 s: pings every 0.1 s on the fake NOTIFY_SOCKET.
+    pings = []
+
+    def three_pings() -> bool:
+        try:
+            msg = daemon_kit.notify.recv(4096).decode()
+        except TimeoutError:
+            return False
+        if "WATCHDOG=1" in msg.split("\n"):
+            pings.append(msg)
+        return len(pings) >= 3
+
+    daemon_kit.wait_for(three_pings, 5, "three WATCHDOG=1 pings")
