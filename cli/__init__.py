@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 from typing import Any
 
@@ -53,6 +54,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+#: Commands that must start fast and never log (they print their answer on stdout).
+LIGHT_COMMANDS = frozenset({"call"})
+
+
 class LazyGroup(click.Group):
     """A click group whose subcommands are imported on first use."""
 
@@ -91,13 +96,28 @@ class LazyGroup(click.Group):
 def cli(ctx: click.Context, state_dir: str | None, as_json: bool) -> None:
     """plugvisor: run untrusted Python plugins in a sandbox and hot-swap them under load."""
     ctx.obj = CliContext(state_dir=state_dir, as_json=as_json)
+    # Records go to stderr so stdout stays the command's answer (``--json`` output is
+    # parsed by scripts). Long-running commands (daemon, worker, api) configure again
+    # with their own component name and the settings' level and format. ``call`` is on
+    # the host application's hot path and logs nothing: it skips importing structlog.
+    if ctx.invoked_subcommand in LIGHT_COMMANDS:
+        return
+    from plugvisor.core.log import configure_logging  # noqa: PLC0415 -- 55 ms of imports
+
+    configure_logging(
+        level=os.environ.get("PLUGVISOR_LOG_LEVEL", "warning"),
+        fmt=os.environ.get("PLUGVISOR_LOG_FORMAT", "json"),
+        component="cli",
+        stream=sys.stderr,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI and turn plugvisor errors into exit codes, once."""
     as_json = "--json" in (argv if argv is not None else sys.argv[1:])
     try:
-        cli.main(args=argv, prog_name="plugvisor", standalone_mode=False)
+        # Without standalone mode click returns what ``ctx.exit(n)`` asked for.
+        rv = cli.main(args=argv, prog_name="plugvisor", standalone_mode=False)
     except PlugvisorError as err:
         if as_json:
             click.echo(json.dumps({"ok": False, "error": err.to_dict()}, sort_keys=True))
@@ -114,4 +134,4 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except KeyboardInterrupt:
         sys.exit(130)
-    sys.exit(0)
+    sys.exit(rv if isinstance(rv, int) else 0)
