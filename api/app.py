@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask import Flask, Response, jsonify, request
-from werkzeug.exceptions import HTTPException
+from flask import Flask, Response, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from plugvisor.api.auth import Forbidden
 from plugvisor.api.metrics import ApiMetrics, install_request_metrics
@@ -149,7 +149,7 @@ def _error_response(status: int, body: dict[str, Any]) -> Response:
 
 def _handle_error(exc: Exception) -> Response:
     """The one place exceptions become HTTP answers."""
-    svc = services(_current_app())
+    svc = services(current_app)
     if isinstance(exc, PlugvisorError):
         status = exc.http_status
         response = _error_response(status, exc.to_dict())
@@ -172,6 +172,8 @@ def _handle_error(exc: Exception) -> Response:
         elif status == 405:
             message = f"{request.method} is not allowed on {request.path}"
         response = _error_response(status, {"code": code, "message": message})
+        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+            response.headers["Allow"] = ", ".join(sorted(exc.valid_methods))
     else:
         _log.exception("request_bug", path=request.path, method=request.method)
         status, code = 500, "internal"
@@ -180,11 +182,3 @@ def _handle_error(exc: Exception) -> Response:
         )
     svc.metrics.errors.labels(code).inc()
     return response
-
-
-def _current_app() -> Flask:
-    from flask import current_app  # noqa: PLC0415
-
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
-    assert isinstance(app, Flask)
-    return app

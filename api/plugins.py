@@ -299,6 +299,8 @@ def rescan(body: dict[str, Any]) -> ResponseReturnValue:
 )
 def review(name: str, body: dict[str, Any]) -> ResponseReturnValue:
     version = _svc().registry.get_version(name, body["version"])
+    # With an Idempotency-Key the check is left to the job: a retry that arrives after
+    # the worker applied the decision must get the same job back, not a 409.
     if version.status is not VersionStatus.review and _idempotency_key() is None:
         raise ConflictError(
             "not_in_review",

@@ -10,9 +10,13 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
 import subprocess
 import tempfile
 import textwrap
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -283,3 +287,57 @@ def test_reload_via_cli_starts_a_job(remote: Remote) -> None:
     job = json.loads(out.stdout)
     assert job["kind"] == "reload"
     assert remote.kit.registry().get_job(job["id"]).status in set(JobStatus)
+
+
+# ---- serving: gunicorn (production) and `plugvisor api` (development) ----------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_health(url: str, proc: subprocess.Popen[bytes], log: Path) -> dict[str, Any]:
+    deadline = time.monotonic() + 30
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url + "/api/health", timeout=2) as resp:
+                return dict(json.loads(resp.read()))
+        except urllib.error.HTTPError as exc:  # 503: no daemon, still an answer
+            return dict(json.loads(exc.read()))
+        except OSError:
+            if time.monotonic() > deadline:
+                pytest.fail(f"no answer from {url} within 30 s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.05)
+
+
+@pytest.mark.parametrize("server", ["gunicorn", "plugvisor-api"])
+def test_the_app_serves_under_gunicorn_and_the_dev_command(tmp_path: Path, server: str) -> None:
+    port = _free_port()
+    env = _env(PLUGVISOR_STATE_DIR=str(tmp_path / "state"))
+    if server == "gunicorn":
+        cmd = [str(REPO / ".venv" / "bin" / "gunicorn"), "--workers", "1", "--bind",
+               f"127.0.0.1:{port}", "plugvisor.api:create_app()"]  # fmt: skip
+    else:
+        cmd = [str(PLUGVISOR), "api", "--host", "127.0.0.1", "--port", str(port)]
+    log = tmp_path / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        health = _wait_health(f"http://127.0.0.1:{port}", proc, log)
+        assert health["broker"]["reachable"] is True
+        assert health["daemon"]["reachable"] is False
+        token = TokenStore(tmp_path / "state" / TOKENS_FILE).create(Role.VIEWER, "srv")
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/plugins", headers={"Authorization": f"Bearer {token}"}
+        )
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            assert json.loads(resp.read()) == {"plugins": []}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)

@@ -503,6 +503,7 @@ def test_unknown_route_and_method_are_json(kit: ApiKit) -> None:
     resp = kit.client.delete("/api/plugins", headers=kit.auth(Role.ADMIN))
     assert resp.status_code == 405
     assert _error(resp)["code"] == "request.method_not_allowed"
+    assert set(resp.headers["Allow"].split(", ")) >= {"GET", "POST"}
 
 
 def test_a_real_bug_is_a_logged_500_internal(kit: ApiKit) -> None:
