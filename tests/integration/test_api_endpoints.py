@@ -37,7 +37,7 @@ def kit() -> Iterator[ApiKit]:
 def _error(resp: Any) -> dict[str, Any]:
     body = resp.get_json()
     assert isinstance(body, dict) and "error" in body, resp.data
-    return body["error"]
+    return dict(body["error"])
 
 
 def _free_port() -> int:
