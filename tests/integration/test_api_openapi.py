@@ -8,7 +8,10 @@ shared, so a request the document calls invalid is refused with 400).
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -124,3 +127,16 @@ def test_metrics_count_requests_and_errors(kit: ApiKit) -> None:
     assert f"plugvisor_api_requests_total{{{labels}}} 1.0" in text
     assert 'plugvisor_api_errors_total{code="auth.missing"} 1.0' in text
     assert "plugvisor_api_daemon_metrics_up 0.0" in text, "daemon endpoint off in this kit"
+
+
+def test_admin_script_is_valid_javascript(kit: ApiKit, tmp_path: Path) -> None:
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("!!! node missing: the admin page's script is not syntax-checked !!!")
+    html = kit.client.get("/admin").get_data(as_text=True)
+    script = re.search(r"<script nonce=\"[^\"]+\">(.*)</script>", html, re.S)
+    assert script is not None
+    path = tmp_path / "admin.js"
+    path.write_text(script.group(1))
+    check = subprocess.run([node, "--check", str(path)], capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stderr
