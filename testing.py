@@ -21,7 +21,8 @@ from plugvisor.state.store import VersionStore
 __all__ = ["VERSIONED_PLUGIN", "store_test_version"]
 
 #: A versioned test plugin. ``MODE``: ok, unhealthy (health() is False), error (every
-#: call raises), setup_error (setup() raises), slow_setup (setup() takes 0.3 s).
+#: call raises), setup_error (setup() raises), slow_setup (setup() takes 0.3 s),
+#: violate (every call tries to write a file, which the default profile forbids).
 VERSIONED_PLUGIN = '''\
 """Test plugin {name} {version} ({mode})."""
 
@@ -45,6 +46,8 @@ class Plugin:
         self.calls += 1
         if MODE == "error":
             raise ValueError("version " + VERSION + " is broken on purpose")
+        if MODE == "violate":
+            open("/tmp/plugvisor-violation-probe", "w").close()
         if isinstance(request, dict) and request.get("sleep"):
             import time
             time.sleep(request["sleep"])

@@ -243,7 +243,14 @@ class Supervisor:
         def factory() -> Host:
             # Files are re-checked against the manifest right before every spawn, so
             # a version altered on disk after install never runs.
-            self.verify(info.digest)
+            try:
+                self.verify(info.digest)
+            except StateError as exc:
+                threading.Thread(
+                    target=self.disable, daemon=True,
+                    args=(info.name, f"integrity check failed: {exc.message}", "integrity"),
+                ).start()  # fmt: skip
+                raise
             host: Host = self.spawner.spawn(spec, timeout=s.swap_health_timeout_s)
             return host
 
@@ -288,7 +295,12 @@ class Supervisor:
             slot.version = str(active)
             try:
                 infos[name] = self.version_info(name, str(active))
-            except (PlugvisorError, OSError) as exc:
+            except PlugvisorError as exc:
+                if _is_integrity(exc):
+                    self.disable(name, f"integrity check failed: {exc.message}", "startup")
+                else:
+                    self.route(slot, None, SlotState.DOWN, f"cannot read version: {exc}")
+            except OSError as exc:
                 self.route(slot, None, SlotState.DOWN, f"cannot read version: {exc}")
         graph = {n: {r for r in i.requires if r in infos} for n, i in infos.items()}
         result: dict[str, str] = {}
@@ -317,9 +329,9 @@ class Supervisor:
         try:
             pool = self.start_pool(info)
         except PlugvisorError as exc:
-            if exc.area in ("archive", "state", "manifest", "signature"):
+            if _is_integrity(exc):
                 # Integrity failures never run: disabled with the reason, not retried.
-                self.disable(slot.name, f"integrity check failed: {exc}", source="startup")
+                self.disable(slot.name, f"integrity check failed: {exc.message}", "startup")
             else:
                 self.route(slot, None, SlotState.DOWN, f"start failed: {exc}", info.version)
             return
@@ -570,3 +582,8 @@ class Supervisor:
 
 def _code_of_refusal(slot: PluginSlot) -> str:
     return "plugin.disabled" if slot.state is SlotState.DISABLED else "plugin.unavailable"
+
+
+def _is_integrity(exc: PlugvisorError) -> bool:
+    """A version whose files or manifest do not check out (never retried, disabled)."""
+    return exc.code == "state.integrity" or exc.area in ("archive", "manifest", "signature")

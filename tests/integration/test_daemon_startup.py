@@ -1,0 +1,108 @@
+"""Start-up of a real daemon: dependency order, integrity re-check, violations, SIGTERM drain."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import pytest
+
+from plugvisor.core.errors import PlugvisorError
+
+pytestmark = pytest.mark.slow
+
+
+def _call_code(client, name):
+    try:
+        client.call(name, {})
+    except PlugvisorError as exc:
+        return exc.code
+    return "ok"
+
+
+def test_dependencies_order_start_up_and_guard_swaps(daemon_kit):
+    kit = daemon_kit
+    kit.add_version("base", "1.0.0", activate=True)
+    kit.add_version("app", "1.0.0", requires={"base": ">=1.0,<2"}, activate=True)
+    kit.add_version("app", "2.0.0", requires={"base": ">=2.0"})
+    kit.add_version("base", "2.0.0")
+    kit.start()
+    client = kit.client()
+    assert client.call("app", {})["version"] == "1.0.0"
+    status = kit.command("status")["result"]["plugins"]
+    assert status["base"]["state"] == status["app"]["state"] == "active"
+    # app 2.0.0 needs base >= 2: refused, naming the conflict; nothing changes.
+    refused = kit.command("activate", name="app", version="2.0.0")
+    assert not refused["ok"] and refused["error"]["code"] == "dependency.conflict"
+    assert "base" in refused["error"]["message"]
+    # base 2.0.0 would break app 1.0.0's range: refused as well.
+    refused = kit.command("activate", name="base", version="2.0.0")
+    assert not refused["ok"] and "app" in refused["error"]["message"]
+    assert client.call("app", {})["version"] == "1.0.0"
+    # A requirement that is disabled at start-up keeps its dependents down.
+    assert kit.command("disable", name="base", reason="test")["ok"]
+    assert kit.stop() == 0
+    kit.start()
+    client = kit.client()
+    assert _call_code(client, "base") == "plugin.disabled"
+    assert _call_code(client, "app") == "plugin.unavailable"
+    with pytest.raises(PlugvisorError) as exc:
+        client.call("app", {})
+    assert "base" in exc.value.message
+
+
+def test_tampered_version_is_never_spawned(daemon_kit):
+    kit = daemon_kit
+    digest = kit.add_version("victim", "1.0.0", activate=True)
+    code = kit.layout.version_dir(digest) / "victim" / "__init__.py"
+    os.chmod(code, 0o644)
+    code.write_text(code.read_text().replace('"ok"', '"owned"'))
+    os.chmod(code, 0o444)
+    kit.start()
+    client = kit.client()
+    with pytest.raises(PlugvisorError) as exc:
+        client.call("victim", {})
+    assert exc.value.code == "plugin.disabled"
+    assert "integrity" in exc.value.message
+    with kit.registry() as reg:
+        plugin = reg.get_plugin("victim")
+    assert plugin.disabled and "victim/__init__.py" in (plugin.disabled_reason or "")
+
+
+def test_repeated_violations_disable_the_plugin(daemon_kit):
+    kit = daemon_kit
+    kit.env["PLUGVISOR_VIOLATION_THRESHOLD"] = "3"
+    kit.add_version("rogue", "1.0.0", mode="violate", activate=True)
+    kit.start()
+    client = kit.client()
+    codes = [_call_code(client, "rogue") for _ in range(3)]
+    assert all(c.startswith("policy.") for c in codes), codes
+    kit.wait_for(lambda: _call_code(client, "rogue") == "plugin.disabled", 5, "the disable")
+    with kit.registry() as reg:
+        plugin = reg.get_plugin("rogue")
+    assert plugin.disabled and "violations" in (plugin.disabled_reason or "")
+
+
+def test_sigterm_drains_calls_in_flight(daemon_kit):
+    kit = daemon_kit
+    kit.add_version("patient", "1.0.0", activate=True)
+    kit.start()
+    result = {}
+
+    def slow_call():
+        try:
+            result["value"] = kit.client().call("patient", {"sleep": 1.0})
+        except PlugvisorError as exc:
+            result["error"] = exc.code
+
+    t = threading.Thread(target=slow_call)
+    t.start()
+    kit.wait_for(
+        lambda: (kit.command("status")["result"]["plugins"]["patient"]["pool"] or {}).get("busy"),
+        5, "the slow call to be in flight",
+    )  # fmt: skip
+    kit.proc.send_signal(signal.SIGTERM)
+    t.join(timeout=15)
+    assert result.get("value", {}).get("version") == "1.0.0", result
+    assert kit.proc.wait(15) == 0
