@@ -25,11 +25,11 @@ from plugvisor.core.errors import BudgetExceeded, PlugvisorError
 from plugvisor.daemon.sandbox.lockdown import arm_cpu_limit
 from plugvisor.daemon.sandbox.protocol import (
     PROTOCOL_VERSION,
+    FrameReader,
     FrameType,
     PeerClosed,
     error_envelope,
     ok_envelope,
-    read_frame,
     send_frame,
 )
 
@@ -79,7 +79,7 @@ class _Channel:
 
     def __init__(self, sock: socket.socket, cap: int) -> None:
         self.sock = sock
-        self.cap = cap
+        self.reader = FrameReader(sock, cap)
         self.seq = 0
 
     def send(self, ftype: FrameType, payload: bytes = b"") -> None:
@@ -110,7 +110,7 @@ class _Database:
         except (TypeError, ValueError) as exc:
             raise TypeError(f"ctx.db.execute: params must be JSON values: {exc}") from None
         self._chan.send(FrameType.DB, payload.encode())
-        frame = read_frame(self._chan.sock, self._chan.cap)
+        frame = self._chan.reader.read()
         if frame.ftype != FrameType.DB_RESULT:
             raise PeerClosed(f"expected DB_RESULT, got frame type {frame.ftype}")
         reply = frame.json()
@@ -284,8 +284,8 @@ def serve(
     rt = _Runtime(chan, cfg, policy)
     holder.append(rt)
     log = _Log(chan)
-    sys.stdout = _StdStream(log, "stdout")  # type: ignore[assignment]
-    sys.stderr = _StdStream(log, "stderr")  # type: ignore[assignment]
+    sys.stdout = _StdStream(log, "stdout")
+    sys.stderr = _StdStream(log, "stderr")
     ctx = PluginContext(_Database(chan), log, cfg.data_dir, dict(cfg.config))
 
     def load_and_setup() -> Any:
@@ -306,7 +306,7 @@ def serve(
 
     while True:
         try:
-            frame = read_frame(sock, cap)
+            frame = chan.reader.read()
         except PeerClosed:
             return 0  # the parent went away: nothing left to serve
         chan.seq = frame.seq

@@ -47,13 +47,13 @@ from plugvisor.daemon.sandbox.monitor import ResourceMonitor
 from plugvisor.daemon.sandbox.protocol import (
     PROTOCOL_VERSION,
     Frame,
+    FrameReader,
     FrameTooLarge,
     FrameType,
     PeerClosed,
     SpawnOrder,
     check_hello,
     error_envelope,
-    read_frame,
     send_frame,
 )
 
@@ -206,6 +206,16 @@ class _HostDatabase:
             self.conn = None
 
 
+def _pidfd_exited(pidfd: int, timeout: float) -> bool:
+    """True once the process behind ``pidfd`` has exited (poll, not select: no fd limit)."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    try:
+        return bool(poller.poll(timeout * 1000))
+    except OSError:
+        return True
+
+
 def _authorize(action: int, arg1: str | None, arg2: str | None, *_: Any) -> int:
     if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
         return sqlite3.SQLITE_DENY
@@ -244,11 +254,12 @@ class PluginHost:
         self._log_count = 0
         self._violation_count = 0
         self._request_id: str | None = None
-        self._cap = spec.max_response_bytes + _ENVELOPE_SLACK
+        self._reader = FrameReader(sock, spec.max_response_bytes + _ENVELOPE_SLACK)
         self._plugin_log = _plugin_log.bind(plugin=spec.plugin, version=spec.version)
         self.layers = LayerReport(())
         self.baseline_rss = 0
-        #: Milliseconds: lockdown (child), setup (child), spawn (order -> READY, parent).
+        #: Milliseconds: forked (order -> pid known), lockdown and setup (measured in the
+        #: child), ready (pid known -> READY), spawn (order -> READY).
         self.timings: dict[str, float] = {}
 
     # ---- public ------------------------------------------------------------------------
@@ -261,11 +272,7 @@ class PluginHost:
         """True while the process runs and has not been condemned."""
         if self._dead:
             return False
-        try:
-            ready = select.select([self._pidfd], [], [], 0)[0]
-        except (OSError, ValueError):
-            return False
-        return not ready
+        return not _pidfd_exited(self._pidfd, 0.0)
 
     @property
     def rss_limit(self) -> int:
@@ -370,11 +377,7 @@ class PluginHost:
             _log.error("sandbox.signal_failed", pid=self._pid, signal=sig, error=str(exc))
 
     def _wait_exit(self, deadline: float) -> bool:
-        remaining = max(0.0, deadline - time.monotonic())
-        try:
-            return bool(select.select([self._pidfd], [], [], remaining)[0])
-        except (OSError, ValueError):
-            return True
+        return _pidfd_exited(self._pidfd, max(0.0, deadline - time.monotonic()))
 
     def _mark_dead(self, reason: str, detail: str) -> None:
         with self._state_lock:
@@ -448,11 +451,11 @@ class PluginHost:
         seq = next(self._seq) & 0xFFFFFFFF
         self._request_id = request_id
         self._db_count = self._log_count = self._violation_count = 0
-        sock = self._sock
+        sock, reader = self._sock, self._reader
         try:
             send_frame(sock, ftype, seq, payload)
             while True:
-                frame = read_frame(sock, self._cap, deadline)
+                frame = reader.read(deadline)
                 if frame.ftype == FrameType.RESULT and frame.seq == seq:
                     return frame.payload
                 self._aux_frame(frame, seq, deadline, "request")
@@ -568,7 +571,7 @@ class PluginHost:
         seq = 0
         self._request_id = "setup"
         try:
-            hello_frame = read_frame(self._sock, _AUX_FRAME_CAP, deadline)
+            hello_frame = self._reader.read(deadline, _AUX_FRAME_CAP)
             if hello_frame.ftype == FrameType.FAILED:
                 self._raise_failed(hello_frame)
             if hello_frame.ftype != FrameType.HELLO:
@@ -588,7 +591,7 @@ class PluginHost:
             self.baseline_rss = int(hello.get("rss", 0))
             self.timings["lockdown_ms"] = float(hello.get("lockdown_ms", 0.0))
             while True:
-                frame = read_frame(self._sock, self._cap, deadline)
+                frame = self._reader.read(deadline)
                 if frame.ftype == FrameType.READY:
                     self.timings["setup_ms"] = float(frame.json().get("setup_ms", 0.0))
                     break
@@ -733,6 +736,16 @@ class Spawner:
         self._reader.start()
         self.monitor.start()
         _log.info("sandbox.template_started", **info)
+        # A missing layer is a warning at start-up (and again per host), never silent.
+        gaps = {
+            "landlock": "" if info.get("landlock_abi") else "kernel without Landlock",
+            "seccomp": "" if info.get("seccomp") == "ok" else str(info.get("seccomp")),
+            "netns": "" if info.get("netns") == "ok" else str(info.get("netns")),
+            "privileges": "" if os.geteuid() == 0 else "not root: hosts keep the daemon's uid",
+        }
+        for layer, reason in gaps.items():
+            if reason:
+                _log.warning("sandbox.layer_unavailable", layer=layer, reason=reason)
 
     def _read_loop(self, ctl: socket.socket) -> None:
         while True:
@@ -845,6 +858,7 @@ class Spawner:
             parent_sock.close()
             raise SandboxError("spawn_failed", f"template refused the spawn: {msg.get('error')}")
         pid = int(msg["pid"])
+        forked_ms = (time.monotonic() - t0) * 1000
         with self._cond:
             if pid not in self._exits:
                 self._live.add(pid)
@@ -854,6 +868,7 @@ class Spawner:
         except BaseException:
             host.stop(grace=0.0)
             raise
+        host.timings["forked_ms"] = forked_ms
         host.timings["spawn_ms"] = (time.monotonic() - t0) * 1000
         self.monitor.register(host)
         return host

@@ -8,6 +8,7 @@ applied in its HELLO frame (``PluginHost.layers``); ``plugvisor sandbox-check`` 
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -105,6 +106,7 @@ _NETNS_PROBE = (
 )
 
 
+@functools.cache  # the kernel's answer does not change while we run
 def _probe_netns() -> str:
     try:
         proc = subprocess.run(

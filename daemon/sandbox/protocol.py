@@ -26,6 +26,7 @@ __all__ = [
     "HEADER",
     "PROTOCOL_VERSION",
     "Frame",
+    "FrameReader",
     "FrameTooLarge",
     "FrameType",
     "PeerClosed",
@@ -118,45 +119,53 @@ def send_frame(sock: socket.socket, ftype: int, seq: int, payload: bytes = b"") 
         sock.sendall(payload)
 
 
-def _recv_exact(sock: socket.socket, size: int, deadline: float | None) -> bytes:
-    buf = bytearray(size)
-    view = memoryview(buf)
-    got = 0
-    while got < size:
-        if deadline is not None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError("deadline passed while reading a frame")
-            sock.settimeout(remaining)
-        n = sock.recv_into(view[got:], size - got)
-        if n == 0:
-            raise PeerClosed("peer closed the channel")
-        got += n
-    return bytes(buf)
+class FrameReader:
+    """Buffered frame reader over one socket: one ``recv`` usually yields a whole frame.
+
+    The header's length is checked against ``cap`` before any payload is buffered, and
+    the buffer never holds more than one capped frame plus one read chunk, so a hostile
+    peer cannot make the reader allocate. After :class:`FrameTooLarge` the stream is out
+    of sync: drop the channel.
+    """
+
+    __slots__ = ("buf", "cap", "scratch", "sock")
+
+    def __init__(self, sock: socket.socket, cap: int) -> None:
+        self.sock = sock
+        self.cap = cap
+        self.buf = bytearray()
+        # recv_into a reused buffer: no per-call allocation of the maximum chunk size.
+        self.scratch = memoryview(bytearray(65536))
+
+    def read(self, deadline: float | None = None, cap: int | None = None) -> Frame:
+        """The next frame; ``TimeoutError`` at ``deadline`` (a ``time.monotonic()`` instant;
+        None blocks), :class:`PeerClosed` on EOF, :class:`FrameTooLarge` over ``cap``."""
+        limit = self.cap if cap is None else cap
+        buf = self.buf
+        while True:
+            if len(buf) >= _HEADER_SIZE:
+                size, ftype, seq = HEADER.unpack_from(buf)
+                if size > limit:
+                    raise FrameTooLarge(ftype, size, limit)
+                end = _HEADER_SIZE + size
+                if len(buf) >= end:
+                    payload = bytes(buf[_HEADER_SIZE:end])
+                    del buf[:end]
+                    return Frame(ftype, seq, payload)
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError("deadline passed while waiting for a frame")
+                self.sock.settimeout(remaining)
+            n = self.sock.recv_into(self.scratch)
+            if not n:
+                raise PeerClosed("peer closed the channel")
+            buf += self.scratch[:n]
 
 
 def read_frame(sock: socket.socket, cap: int, deadline: float | None = None) -> Frame:
-    """Read one frame; raises ``TimeoutError``, :class:`PeerClosed` or :class:`FrameTooLarge`.
-
-    ``deadline`` is a ``time.monotonic()`` instant; None blocks (the socket's own timeout).
-    On ``FrameTooLarge`` the stream is out of sync: the caller must drop the channel.
-    """
-    if deadline is not None:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("deadline passed before a frame arrived")
-        sock.settimeout(remaining)
-    # Fast path: header and a small payload usually arrive in one segment.
-    head = sock.recv(_HEADER_SIZE)
-    if not head:
-        raise PeerClosed("peer closed the channel")
-    if len(head) < _HEADER_SIZE:
-        head += _recv_exact(sock, _HEADER_SIZE - len(head), deadline)
-    size, ftype, seq = HEADER.unpack(head)
-    if size > cap:
-        raise FrameTooLarge(ftype, size, cap)
-    payload = _recv_exact(sock, size, deadline) if size else b""
-    return Frame(ftype, seq, payload)
+    """Read one frame with a throw-away reader (only where no bytes can follow it)."""
+    return FrameReader(sock, cap).read(deadline)
 
 
 def ok_envelope(result_json: bytes) -> bytes:

@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -87,7 +88,7 @@ def test_detect_layers_reports_every_layer() -> None:
         assert layer.reason, f"{layer.name} inactive without a reason"
 
 
-def test_child_runs_as_nobody_with_no_new_privs_and_seccomp(probe: dict) -> None:
+def test_child_runs_as_nobody_with_no_new_privs_and_seccomp(probe: dict[str, Any]) -> None:
     require_root()
     require("seccomp")
     status = probe["proc_status"]
@@ -104,7 +105,7 @@ def test_child_runs_as_nobody_with_no_new_privs_and_seccomp(probe: dict) -> None
     ["session", "fds_env", "rlimits", "netns", "privileges", "no_new_privs", "landlock",
      "seccomp", "monitor", "process"],
 )  # fmt: skip
-def test_each_layer_is_active_in_a_host(probe: dict, layer: str) -> None:
+def test_each_layer_is_active_in_a_host(probe: dict[str, Any], layer: str) -> None:
     require(layer)
     if layer == "privileges":
         require_root()
@@ -112,7 +113,7 @@ def test_each_layer_is_active_in_a_host(probe: dict, layer: str) -> None:
     assert status["active"], f"{layer} not active: {status['reason']}"
 
 
-def test_os_layers_alone_refuse_from_inside(probe: dict) -> None:
+def test_os_layers_alone_refuse_from_inside(probe: dict[str, Any]) -> None:
     attempts = probe["attempts"]
     require("seccomp")
     assert attempts["inet_socket"].startswith("denied")
