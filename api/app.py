@@ -112,10 +112,7 @@ def create_app(
     """Build the API app; ``settings`` default to :func:`load_settings` (file + env)."""
     settings = settings or load_settings()
     app = Flask(__name__, static_folder=None)
-    app.config.update(
-        MAX_CONTENT_LENGTH=settings.max_upload_bytes + _MULTIPART_SLACK,
-        JSON_SORT_KEYS=False,
-    )
+    app.config.update(MAX_CONTENT_LENGTH=settings.max_upload_bytes + _MULTIPART_SLACK)
     if test_config:
         app.config.update(test_config)
     if not app.testing:

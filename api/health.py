@@ -70,7 +70,11 @@ def probe_broker(svc: ApiServices, timeout: float = _PROBE_TIMEOUT_S) -> dict[st
 
 def probe_workers(svc: ApiServices, timeout: float = 1.0) -> dict[str, Any]:
     """Which workers answer a ping (RabbitMQ), or what the job records show (embedded)."""
-    out: dict[str, Any] = _job_evidence(svc)
+    try:
+        out: dict[str, Any] = _job_evidence(svc)
+    except PlugvisorError as err:  # the registry is unusable: report it, never a 500
+        out = {"queued_jobs": None, "oldest_queued_age_s": None, "recently_active": False,
+               "registry_error": err.to_dict()}  # fmt: skip
     if svc.settings.embedded_broker:
         out.update(method="job_records", names=[], seen=out["recently_active"] or None)
         return out

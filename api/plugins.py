@@ -338,6 +338,7 @@ _CALL_STATUS = {
     tag="plugins",
     role=Role.OPERATOR,
     raw_json_body=True,
+    headers={"X-Request-Id": "Request id passed to the plugin host (logs, security log)."},
     responses={
         200: ("The plugin answered", CallResponseSchema),
         404: ("No such plugin", CallResponseSchema),
