@@ -44,6 +44,7 @@ import importlib
 import importlib.machinery
 import importlib.util
 import os
+import re
 import sys
 import threading
 import types
@@ -87,6 +88,7 @@ BLOCKED_ATTRIBUTES = frozenset(
         "tb_next",
     }
 )
+_BLOCKED_WORD = re.compile(r"\b(?:" + "|".join(sorted(BLOCKED_ATTRIBUTES)) + r")\b")
 #: Attributes allowed only after a run-time check of the object or the result.
 GUARDED_ATTRIBUTES = frozenset({"__dict__", "__self__", "__getattribute__"})
 _GUARD_FN = "__pv_attr__"
@@ -294,6 +296,8 @@ class _Policy:
             caller = _getframe(2)
             if caller is not None and caller.f_code.co_filename.startswith(self.root):
                 self.forbid(op, what, caller)
+            if event == "compile" and caller is not None:
+                self.check_compiled_source(args, caller)
             return
         frame = self.plugin_frame(_getframe(2))
         if frame is None:
@@ -301,6 +305,30 @@ class _Policy:
         if op == "file_write" and self.write_allowed(args[0] if args else None):
             return
         self.forbid(op, f"{event}{_describe_args(args)}", frame)
+
+    def check_compiled_source(self, args: tuple[Any, ...], caller: types.FrameType) -> None:
+        """Refuse strings the stdlib compiles for the plugin that name escape attributes.
+
+        ``typing.get_type_hints`` evaluates string annotations (``x: "().__class__..."``)
+        and would otherwise run plugin-chosen expressions without the AST guard. Generated
+        code of dataclasses/namedtuple/enum never names these attributes.
+        """
+        source = args[0] if args else None
+        if isinstance(source, bytes):
+            source = source.decode("utf-8", "replace")
+        if not isinstance(source, str) or caller.f_code.co_filename.startswith(_IMPORTLIB):
+            return
+        match = _BLOCKED_WORD.search(source)
+        if match is None:
+            return
+        frame = self.plugin_frame(caller)
+        if frame is not None:
+            self.forbid(
+                ALWAYS_FORBIDDEN.name,
+                f"compiled string names {match.group(0)} "
+                f"(via {os.path.basename(caller.f_code.co_filename)})",
+                frame,
+            )
 
     def write_allowed(self, path: object) -> bool:
         if "file_write" in self.forbidden:
@@ -371,6 +399,9 @@ class _Policy:
         if type(fromlist) is list and level == 0:
             return self.import_for_c(name)
         fromlist = tuple(fromlist or ())
+        if name == "__future__" and level == 0:
+            # Compiler directives (``from __future__ import annotations``); data only.
+            return self.real_import(name, None, None, fromlist, 0)
         if level > 0 or (self.package is not None and name.partition(".")[0] == self.package):
             # The plugin's own package; relative imports cannot climb above its top level.
             return self.real_import(name, globals_, None, fromlist, level)

@@ -57,6 +57,8 @@ print(json.dumps(out, default=repr))
 """
 
 PROBE = """
+from __future__ import annotations
+
 import json
 
 class Plugin:
@@ -176,6 +178,17 @@ def case_io(self):
     return [rows, str(ipaddress.ip_address("10.0.0.1") + 1), "boom" in tb,
             os.path.join("a", "b")]
 
+def case_type_hints(self):
+    import typing
+    from dataclasses import dataclass, fields
+
+    @dataclass
+    class P:
+        name: str
+        tags: list[str]
+
+    return [sorted(typing.get_type_hints(P)), [f.name for f in fields(P)]]
+
 def case_introspection(self):
     class Box:
         def __init__(self):
@@ -196,7 +209,7 @@ def case_resources(self):
 
 
 HONEST_CASES = ["json", "text", "numbers", "dates", "collections", "crypto", "io",
-                "introspection", "resources"]  # fmt: skip
+                "introspection", "resources", "type_hints"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -316,6 +329,14 @@ def case_subclasses_module(self):
 def case_frames_module(self):
     from . import esc_frames
 
+def case_type_hints(self):
+    import typing
+
+    class A:
+        x: "().__class__.__base__.__subclasses__()"
+
+    return typing.get_type_hints(A)
+
 def case_files(self):
     n = 0
     for _ in range(60):
@@ -373,6 +394,7 @@ def forbidden(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         ("getattribute", "interpreter"),
         ("subclasses_module", "interpreter"),
         ("frames_module", "interpreter"),
+        ("type_hints", "interpreter"),
     ],
 )
 def test_forbidden_operation_is_refused_and_reported(
