@@ -261,6 +261,8 @@ class PluginHost:
         #: Milliseconds: forked (order -> pid known), lockdown and setup (measured in the
         #: child), ready (pid known -> READY), spawn (order -> READY).
         self.timings: dict[str, float] = {}
+        #: Milliseconds per lock-down step, as measured in the child.
+        self.lockdown_steps: dict[str, float] = {}
 
     # ---- public ------------------------------------------------------------------------
     @property
@@ -590,6 +592,9 @@ class PluginHost:
             )
             self.baseline_rss = int(hello.get("rss", 0))
             self.timings["lockdown_ms"] = float(hello.get("lockdown_ms", 0.0))
+            steps = hello.get("lockdown_steps_ms")
+            if isinstance(steps, dict):
+                self.lockdown_steps = {str(k): float(v) for k, v in steps.items()}
             while True:
                 frame = self._reader.read(deadline)
                 if frame.ftype == FrameType.READY:

@@ -457,20 +457,29 @@ def _landlock(plan: LockdownPlan, abi: int, ro_fds: Iterable[int]) -> str:
 
 def lock_down(
     plan: LockdownPlan, res: LockdownResources, is_root: bool
-) -> tuple[list[LayerStatus], float]:
-    """Apply every OS layer in order; returns one status per layer and the time it took (ms).
+) -> tuple[list[LayerStatus], float, dict[str, float]]:
+    """Apply every OS layer in order: one status per layer, total ms, ms per step.
 
     Raises ``OSError``/``PermissionError`` when an available layer fails to apply; the
     caller turns that into ``sandbox.lockdown_failed`` and the child exits.
     """
-    t0 = time.perf_counter()
+    t0 = mark = time.perf_counter()
     out: list[LayerStatus] = []
+    steps: dict[str, float] = {}
+
+    def timed(name: str) -> None:
+        nonlocal mark
+        now = time.perf_counter()
+        steps[name] = round((now - mark) * 1000, 3)
+        mark = now
 
     def ok(name: str, detail: str = "") -> None:
         out.append(LayerStatus(name, True, True, detail))
+        timed(name)
 
     def missing(name: str, available: bool, reason: str) -> None:
         out.append(LayerStatus(name, available, False, reason))
+        timed(name)
 
     os.setsid()
     ok("session", "own session and process group; SIGKILL on template death")
@@ -532,4 +541,4 @@ def lock_down(
         )
     else:
         missing("seccomp", False, res.seccomp_reason or "seccomp unavailable")
-    return out, (time.perf_counter() - t0) * 1000
+    return out, (time.perf_counter() - t0) * 1000, steps

@@ -25,6 +25,7 @@ control channel; its children get SIGKILL then (parent-death signal).
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import pickle
@@ -165,9 +166,21 @@ class _Template:
             for key, _ in self.sel.select():
                 if key.data is None:
                     if not self._on_control():
+                        self._kill_all()
                         return
                 else:
                     self._reap(key.fd)
+
+    def _kill_all(self) -> None:
+        """The parent is gone: kill and reap every child ourselves rather than leave them
+        to the parent-death signal and a PID 1 that may not reap (containers)."""
+        for pidfd, pid in list(self.children.items()):
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+            os.close(pidfd)
+        self.children.clear()
 
     def _on_control(self) -> bool:
         try:
@@ -289,7 +302,7 @@ def _child_main(order: SpawnOrder, chan_fd: int, res: Any, ids: tuple[int, int] 
             uid=ids[0] if ids else None,
             gid=ids[1] if ids else None,
         )
-        layers, lock_ms = lock_down(plan, res, is_root)
+        layers, lock_ms, steps = lock_down(plan, res, is_root)
     except Exception as exc:  # any failure here must reach the parent, not vanish
         send_frame(sock, FrameType.HELLO, 0, json.dumps({"protocol": PROTOCOL_VERSION}).encode())
         send_frame(
@@ -317,6 +330,7 @@ def _child_main(order: SpawnOrder, chan_fd: int, res: Any, ids: tuple[int, int] 
     hello = {
         "layers": {layer.name: layer.to_dict() for layer in layers} | {"policy": install[1]},
         "lockdown_ms": round(lock_ms, 3),
+        "lockdown_steps_ms": steps,
     }
     try:
         return serve(sock, cfg, hello, install[0])
@@ -373,6 +387,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         tpl = _Template(ctl)
+        # Move everything imported so far out of the collector's reach: a collection in a
+        # child would otherwise touch (and so copy) every inherited object's page.
+        gc.collect()
+        gc.freeze()
     except Exception as exc:  # report, then die: the parent raises sandbox.template_failed
         _send(ctl, {"op": "ready", "ok": False, "error": f"{type(exc).__name__}: {exc}"})
         return 1

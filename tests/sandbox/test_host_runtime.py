@@ -619,3 +619,39 @@ def test_socket_channel_is_the_only_inherited_fd(env: Env) -> None:
     assert kinds.count("/dev/null") == 3, kinds
     assert len(kinds) == 5, kinds
     assert socket.AF_UNIX  # the channel is a Unix socketpair (checked by the parent's type)
+
+
+def test_threads_work_under_the_memory_limit(env: Env) -> None:
+    # seccomp allows clone(CLONE_THREAD) (clone3 gets ENOSYS and glibc falls back);
+    # RLIMIT_AS leaves room for a thread stack; MALLOC_ARENA_MAX keeps arenas in bounds.
+    host = env.spawn(
+        """
+import threading
+class Plugin:
+    def handle(self, request):
+        out = []
+        threads = [threading.Thread(target=lambda i=i: out.append(i * i)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return sorted(out)
+"""
+    )
+    assert host.call({}) == [0, 1, 4, 9]
+
+
+def test_closing_the_spawner_kills_and_reaps_its_hosts(tmp_path: Path) -> None:
+    settings = load_settings({"state_dir": str(tmp_path)}, env={})
+    spawner = Spawner(settings, in_process_policy=False)
+    spawner.start()
+    env = Env(settings, spawner, RecordingLog(), [], tmp_path)
+    hosts = [env.spawn(ECHO) for _ in range(3)]
+    template = spawner.template_pid
+    assert template is not None
+    spawner.close()
+    assert wait_until(lambda: all(gone(h.pid) for h in hosts)), "hosts left behind"
+    assert gone(template)
+    for host in hosts:
+        assert not host.alive
+        host.stop()  # still safe after the template is gone
