@@ -120,7 +120,7 @@ class CallServer:
                         err = PluginRuntimeError("protocol", f"malformed request frame: {exc}")
                         envelope = error_envelope(err.to_dict())
                     else:
-                        envelope = self.dispatch(name, rid, body)
+                        envelope = self._dispatch(name, rid, body)
                     send_frame(conn, envelope)
                 except OSError as exc:
                     _log.debug("client_went_away", error=str(exc))
@@ -137,6 +137,14 @@ class CallServer:
                 self._conns.pop(conn, None)
                 self._idle.notify_all()
             conn.close()
+
+    def _dispatch(self, name: str, rid: str, body: bytes) -> bytes:
+        try:
+            return self.dispatch(name, rid, body)
+        except Exception as exc:  # a daemon bug answers this call, it must not drop the client
+            _log.exception("dispatch_failed", plugin=name, request_id=rid)
+            err = PluginRuntimeError("internal", f"daemon failed to route the call: {exc!r}")
+            return error_envelope(err.to_dict())
 
     def stop_accepting(self) -> None:
         """Close the listening socket and remove its file; connections stay until drain."""

@@ -224,6 +224,11 @@ class ControlPlane:
                 _log.warning("control_plane_disconnected", error=str(exc), retry_in_s=backoff)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
+            except Exception:  # keep consuming: the daemon has no other command path
+                self.connected.clear()
+                _log.exception("control_plane_failed", retry_in_s=backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
 
     def _consume(self) -> None:
         with connect(self.settings) as conn:
@@ -257,13 +262,21 @@ class ControlPlane:
         else:
             kind = str(body["kind"])
             params = body.get("params") or {}
-            prior = self.registry.record_command(cid, kind, params)
-            if prior is not None:
-                outcome = prior
-                _log.info("control_command_repeated", id=cid, kind=kind)
-            else:
-                outcome = self._apply(cid, kind, params if isinstance(params, dict) else {})
-                self.registry.finish_command(cid, outcome)
+            try:
+                prior = self.registry.record_command(cid, kind, params)
+                if prior is not None:
+                    outcome = prior
+                    _log.info("control_command_repeated", id=cid, kind=kind)
+                else:
+                    outcome = self._apply(cid, kind, params if isinstance(params, dict) else {})
+                    self.registry.finish_command(cid, outcome)
+            except PlugvisorError as exc:
+                # The registry could not record it (locked, unreachable): leave the message
+                # unacked for redelivery; a partly applied command is re-applied idempotently.
+                _log.error("control_command_unrecorded", id=cid, kind=kind, error=str(exc))
+                message.requeue()
+                self._stop.wait(0.5)
+                return
         message.ack()  # only now: the outcome is recorded
         reply_to = props.get("reply_to")
         if reply_to:
@@ -280,6 +293,10 @@ class ControlPlane:
             _log.warning("control_command_failed", id=cid, kind=kind, code=exc.code,
                          error=exc.message)  # fmt: skip
             return {"id": cid, "ok": False, "error": exc.to_dict()}
+        except Exception as exc:  # a bug must fail this command, not the control plane
+            _log.exception("control_command_crashed", id=cid, kind=kind)
+            err = PlugvisorError("internal", f"{kind} failed inside the daemon: {exc!r}")
+            return {"id": cid, "ok": False, "error": err.to_dict()}
         _log.info("control_command_applied", id=cid, kind=kind,
                   ms=round((time.perf_counter() - t0) * 1000, 3))  # fmt: skip
         return {"id": cid, "ok": True, "result": result}
