@@ -516,3 +516,25 @@ def test_a_real_bug_is_a_logged_500_internal(kit: ApiKit) -> None:
     err = _error(resp)
     assert err["code"] == "internal"
     assert "a bug" not in err["message"], "internals stay in the log"
+
+
+@pytest.mark.rabbitmq
+def test_health_on_rabbitmq_pings_workers(rabbitmq_url: str) -> None:
+    kit = ApiKit.create(broker_url=rabbitmq_url)
+    try:
+        body = kit.client.get("/api/health").get_json()
+        assert body["broker"]["reachable"] is True
+        assert body["broker"]["url"].startswith("amqp://guest:***@127.0.0.1")
+        assert body["workers"]["method"] == "ping"
+        # Other suites' workers may share this broker: only the shape is certain here.
+        assert isinstance(body["workers"]["seen"], bool)
+        assert isinstance(body["workers"]["names"], list)
+    finally:
+        kit.close()
+    down = ApiKit.create(broker_url="amqp://guest:guest@127.0.0.1:9//")
+    try:
+        body = down.client.get("/api/health").get_json()
+        assert body["broker"]["reachable"] is False
+        assert body["broker"]["detail"]
+    finally:
+        down.close()
