@@ -348,12 +348,13 @@ class PluginHost:
                     self._roundtrip(FrameType.STOP, b"", None, deadline, violations=False)
                 except PlugvisorError as exc:
                     _log.info("sandbox.teardown_failed", plugin=self.spec.plugin, error=str(exc))
+            # Before any signal, so that a call still in flight reports why it ended.
+            self._mark_dead("stopped", "plugin host stopped")
             if not self._wait_exit(deadline):
                 self._signal(signal.SIGTERM)
                 if not self._wait_exit(time.monotonic() + 0.5):
                     self._signal(signal.SIGKILL)
                     self._wait_exit(time.monotonic() + 5.0)
-            self._mark_dead("stopped", "host stopped")
         finally:
             if got:
                 self._lock.release()
@@ -455,6 +456,9 @@ class PluginHost:
         self._db_count = self._log_count = self._violation_count = 0
         sock, reader = self._sock, self._reader
         try:
+            # The send is bounded by the deadline too: a child that stops reading must
+            # not block the caller on a full socket buffer.
+            sock.settimeout(max(0.001, deadline - time.monotonic()))
             send_frame(sock, ftype, seq, payload)
             while True:
                 frame = reader.read(deadline)

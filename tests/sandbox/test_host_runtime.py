@@ -358,25 +358,29 @@ class Plugin:
             self.db.execute("create table if not exists t%d(x)" % i)
     def handle(self, request):
         if request.get("attach"):
-            try:
-                self.db.execute("attach database '/tmp/evil.db' as evil")
-            except self.db.Error as exc:
-                return "refused: %s" % exc
+            refused = []
+            for sql in ("attach database '/tmp/evil.db' as evil", "vacuum into '/tmp/evil.db'",
+                        "pragma journal_mode=off", "select load_extension('/tmp/x')"):
+                try:
+                    self.db.execute(sql)
+                except self.db.Error as exc:
+                    refused.append("refused: %s" % exc)
+            return refused
         out = []
         for i in range(request["n"]):
             self.db.execute("insert into t0 values (?)", [i])
         return self.db.execute("select count(*), sum(x) from t0")
 """,
-        profile=env.profile(max_db_queries=3),
+        profile=env.profile(max_db_queries=4),
     )
     assert host.call({"n": 2}) == [[2, 1]]
-    assert host.call({"n": 2}) == [[4, 2]]  # budget is per request
+    assert host.call({"n": 3}) == [[5, 4]]  # budget is per request: 4 queries pass
     with pytest.raises(BudgetExceeded) as err:
-        host.call({"n": 3}, request_id="db-1")
+        host.call({"n": 4}, request_id="db-1")
     assert err.value.code == "budget.db_queries"
     assert ("budget.db_queries", "refused") in env.log.kinds("db-1")
     refused = host.call({"attach": True, "n": 0})
-    assert isinstance(refused, str) and refused.startswith("refused:")
+    assert len(refused) == 4 and all(r.startswith("refused:") for r in refused), refused
     assert not Path("/tmp/evil.db").exists()
 
 
@@ -655,3 +659,35 @@ def test_closing_the_spawner_kills_and_reaps_its_hosts(tmp_path: Path) -> None:
     for host in hosts:
         assert not host.alive
         host.stop()  # still safe after the template is gone
+
+
+def test_call_in_flight_when_stopped_reports_the_stop(env: Env) -> None:
+    host = env.spawn(
+        """
+import time
+class Plugin:
+    def setup(self, ctx):
+        self.log = ctx.log
+    def handle(self, request):
+        self.log.info("sleeping")
+        time.sleep(3)
+"""
+    )
+    errors: list[PlugvisorError] = []
+
+    def call() -> None:
+        try:
+            host.call({})
+        except PlugvisorError as exc:
+            errors.append(exc)
+
+    with structlog.testing.capture_logs() as logs:
+        caller = threading.Thread(target=call)
+        caller.start()
+        # The parent emits the plugin's record once the call is running in the child.
+        assert wait_until(lambda: any(r["event"] == "sleeping" for r in logs))
+        host.stop(grace=0.1)
+    caller.join(5)
+    assert not caller.is_alive()
+    assert errors and errors[0].code == "plugin.crashed"
+    assert "stopped" in errors[0].message
