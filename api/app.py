@@ -38,7 +38,7 @@ _log = get_logger(__name__)
 _MULTIPART_SLACK = 64 * 1024
 
 #: Modules with one blueprint ``bp`` each, one per resource.
-_BLUEPRINTS = ("plugins", "jobs", "health", "metrics", "openapi", "security", "admin")
+_BLUEPRINTS = ("plugins", "jobs", "keys", "health", "metrics", "openapi", "security", "admin")
 
 _HTTP_CODES = {
     400: "request.invalid",

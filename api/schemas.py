@@ -28,6 +28,8 @@ __all__ = [
     "JobListSchema",
     "JobSchema",
     "JobsQuerySchema",
+    "KeyListSchema",
+    "KeySchema",
     "PluginListSchema",
     "PluginSchema",
     "ReloadRequestSchema",
@@ -36,6 +38,7 @@ __all__ = [
     "RollbackRequestSchema",
     "SecurityLogQuerySchema",
     "SecurityLogSchema",
+    "TrustKeyRequestSchema",
     "UploadFormSchema",
     "load",
 ]
@@ -332,3 +335,21 @@ class SecurityLogSchema(Schema):
 
     entries = fields.List(fields.Nested(ViolationSchema), required=True)
     chain = fields.Nested(ChainSchema, required=True)
+
+
+class TrustKeyRequestSchema(_Strict):
+    """An Ed25519 public key (PEM) whose signatures uploads will accept."""
+
+    public_key = fields.String(
+        required=True,
+        validate=validate.Length(min=1, max=10_000),
+        metadata={"description": "SubjectPublicKeyInfo PEM (-----BEGIN PUBLIC KEY-----)."},
+    )
+
+
+class KeySchema(Schema):
+    keyid = fields.String(required=True, metadata={"description": "sha256 of the raw key, hex"})
+
+
+class KeyListSchema(Schema):
+    keys = fields.List(fields.Nested(KeySchema), required=True)

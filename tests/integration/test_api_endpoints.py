@@ -19,9 +19,11 @@ from typing import Any
 import pytest
 
 from plugvisor.api.testkit import ApiKit
+from plugvisor.core.signing import generate_keypair
 from plugvisor.state.registry import VersionStatus
 from plugvisor.state.security_log import SecurityLog
 from plugvisor.state.tokens import TOKENS_FILE, Role, TokenStore, hash_token
+from plugvisor.state.trust import TrustStore
 from plugvisor.workers.pipelines import PIPELINES
 
 
@@ -60,6 +62,9 @@ ENDPOINTS: list[tuple[str, str, Role, Any]] = [
     ("GET", "/api/jobs/some-id", Role.VIEWER, None),
     ("GET", "/api/openapi.json", Role.VIEWER, None),
     ("GET", "/api/security-log", Role.VIEWER, None),
+    ("GET", "/api/keys", Role.VIEWER, None),
+    ("POST", "/api/keys", Role.ADMIN, {"public_key": "x"}),
+    ("DELETE", "/api/keys/" + "0" * 64, Role.ADMIN, None),
     ("GET", "/metrics", Role.VIEWER, None),
     ("POST", "/api/plugins/reload", Role.OPERATOR, {"name": "greeter"}),
     ("POST", "/api/plugins/rollback", Role.OPERATOR, {"name": "greeter"}),
@@ -538,3 +543,36 @@ def test_health_on_rabbitmq_pings_workers(rabbitmq_url: str) -> None:
         assert body["broker"]["detail"]
     finally:
         down.close()
+
+
+# ---- keys ------------------------------------------------------------------------------------
+def test_keys_trust_list_remove(kit: ApiKit, tmp_path: Path) -> None:
+    key = generate_keypair(tmp_path / "signer")
+    pem = (tmp_path / "signer.pub").read_text()
+    admin, viewer = kit.auth(Role.ADMIN), kit.auth(Role.VIEWER)
+    assert kit.client.get("/api/keys", headers=viewer).get_json() == {"keys": []}
+    denied = kit.client.post("/api/keys", json={"public_key": pem}, headers=kit.auth(Role.OPERATOR))
+    assert denied.status_code == 403
+    resp = kit.client.post("/api/keys", json={"public_key": pem}, headers=admin)
+    assert resp.status_code == 201, resp.data
+    assert resp.get_json() == {"keyid": key.keyid}
+    assert kit.client.get("/api/keys", headers=viewer).get_json() == {
+        "keys": [{"keyid": key.keyid}]
+    }
+    assert [kid for kid, _ in TrustStore(kit.root).list()] == [key.keyid]
+    for body, field in (({}, "public_key"), ({"public_key": ""}, "public_key")):
+        bad = kit.client.post("/api/keys", json=body, headers=admin)
+        assert bad.status_code == 400
+        assert f"'{field}'" in _error(bad)["message"]
+    garbage = kit.client.post(
+        "/api/keys", json={"public_key": "-----BEGIN nonsense"}, headers=admin
+    )
+    assert garbage.status_code == 400
+    assert _error(garbage)["code"] == "signature.bad_key"
+    assert not list(kit.layout.staging_dir.glob("key-*")), "no temp key left behind"
+    gone = kit.client.delete(f"/api/keys/{key.keyid}", headers=admin)
+    assert gone.status_code == 200
+    assert TrustStore(kit.root).list() == []
+    again = kit.client.delete(f"/api/keys/{key.keyid}", headers=admin)
+    assert again.status_code == 404
+    assert _error(again)["code"] == "not_found.key"
