@@ -335,6 +335,11 @@ class _Policy:
             return False
         if self.data_dir is None:
             return True  # no data_dir given: the OS layer decides
+        if isinstance(path, os.PathLike):
+            try:
+                path = os.fspath(path)
+            except (TypeError, ValueError):
+                return False
         if isinstance(path, bytes):
             path = os.fsdecode(path)
         if not isinstance(path, str):

@@ -26,9 +26,10 @@ from plugvisor.core.profile import load_profile
 from plugvisor.daemon.sandbox.policy import install_policy
 
 root, profile_name, cases = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+data_dir = sys.argv[4] or None
 reports = []
 handle = install_policy(load_profile(profile_name, load_settings({})), root,
-                        lambda kind, detail: reports.append([kind, detail]))
+                        lambda kind, detail: reports.append([kind, detail]), data_dir=data_dir)
 # What a hostile plugin would have if it found a way round the import policy: the audit
 # hook must still refuse what these real modules do.
 leaks = {"os": os, "socket": socket, "ctypes": ctypes, "pathlib": pathlib,
@@ -82,6 +83,7 @@ def run_plugin(
     *,
     profile: str = "default",
     extra: dict[str, str] | None = None,
+    data_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Write the probe plugin (``methods`` are its ``case_*`` methods), run ``cases``."""
     pkg = tmp_path / "root" / "probe"
@@ -92,7 +94,7 @@ def run_plugin(
         (pkg / name).parent.mkdir(parents=True, exist_ok=True)
         (pkg / name).write_text(textwrap.dedent(source))
     proc = subprocess.run(
-        [_python(), "-c", RUNNER, str(pkg.parent), profile, json.dumps(cases)],
+        [_python(), "-c", RUNNER, str(pkg.parent), profile, json.dumps(cases), str(data_dir or "")],
         capture_output=True,
         text=True,
         timeout=60,
@@ -114,7 +116,8 @@ def case_text(self):
             difflib.SequenceMatcher(None, "abc", "abd").ratio(),
             unicodedata.name("A"), html.escape("<&>"), base64.b64encode(b"x").decode(),
             binascii.hexlify(b"x").decode(), quote("a b"), urlsplit("http://h/p").path,
-            "{0} {1:>3}".format("a", 1), "up".upper()]
+            "{0} {1:>3}".format("a", 1), "up".upper(),
+            string.Formatter().format("{0[k]}-{1.real}", {"k": "v"}, 3)]
 
 def case_numbers(self):
     import math, cmath, decimal, fractions, statistics, random, array, struct
@@ -316,6 +319,10 @@ def case_builtin_self(self):
 def case_format_code(self):
     return "{0.__code__}".format(self.handle.__func__)
 
+def case_formatter(self):
+    import string
+    return string.Formatter().format("{0.__globals__}", self.handle.__func__)
+
 def case_attrgetter(self):
     import operator
     return operator.attrgetter("__globals__")(self.handle)
@@ -391,6 +398,7 @@ def forbidden(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         ("builtin_self", "interpreter"),
         ("format_code", "interpreter"),
         ("attrgetter", "interpreter"),
+        ("formatter", "interpreter"),
         ("getattribute", "interpreter"),
         ("subclasses_module", "interpreter"),
         ("frames_module", "interpreter"),
@@ -452,6 +460,27 @@ def test_trusted_profile_allows_writes_and_sockets(tmp_path: Path) -> None:
     assert res["write"]["result"] is True and target.read_text() == "ok"
     assert res["socket"]["result"] is True
     assert res["system"]["error"] == "policy.forbidden"  # still forbidden under trusted
+
+
+def test_trusted_writes_only_inside_data_dir(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    outside = tmp_path / "outside.txt"
+    methods = f"""
+    def case_inside(self):
+        import pathlib
+        pathlib.Path({str(data)!r}, "notes.txt").write_text("kept")
+        return True
+
+    def case_outside(self):
+        with open({str(outside)!r}, "w") as f:
+            f.write("no")
+    """
+    res = run_plugin(tmp_path, methods, ["inside", "outside"], profile="trusted", data_dir=data)
+    assert res["inside"]["result"] is True and (data / "notes.txt").read_text() == "kept"
+    assert res["outside"]["error"] == "policy.forbidden"
+    assert res["outside"]["detail"].startswith("file_write: open(")
+    assert not outside.exists()
 
 
 def test_plugin_cannot_shadow_a_stdlib_module(tmp_path: Path) -> None:
