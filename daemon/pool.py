@@ -209,7 +209,7 @@ class HostPool:
     def _spawn_for_caller(self, deadline: float) -> Host:
         try:
             host = self.factory()
-        except PlugvisorError as exc:
+        except (PlugvisorError, OSError) as exc:
             with self._cond:
                 self.spawning -= 1
                 delay = self._backoff.failed()
@@ -301,7 +301,7 @@ class HostPool:
             self.spawning += 1
         try:
             host = self.factory()
-        except PlugvisorError as exc:
+        except (PlugvisorError, OSError) as exc:
             with self._cond:
                 self.spawning -= 1
                 self._backoff.failed()

@@ -532,6 +532,7 @@ class Supervisor:
                 pool.reap()
                 if slot.pool is pool and slot.state is SlotState.ACTIVE:
                     pool.ensure_warm()
+                self.metrics.hosts.labels(slot.name).set(pool.live_hosts)
             except (PlugvisorError, OSError) as exc:
                 _log.warning("monitor_failed", plugin=slot.name, error=str(exc))
             watch = slot.watch
@@ -548,15 +549,15 @@ class Supervisor:
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for name, slot in sorted(self.slots.items()):
-            pool = slot.pool
+            pool, watch = slot.pool, slot.watch
             out[name] = {
                 "state": slot.state.value,
                 "version": slot.version,
                 "reason": slot.reason,
                 "pool": pool.snapshot() if pool else None,
-                "watch": None if slot.watch is None else {
-                    "version": slot.watch.version, "errors": slot.watch.errors,
-                    "remaining_s": round(max(0.0, slot.watch.until - time.monotonic()), 3),
+                "watch": None if watch is None else {
+                    "version": watch.version, "errors": watch.errors,
+                    "remaining_s": round(max(0.0, watch.until - time.monotonic()), 3),
                 },
             }  # fmt: skip
         return out
