@@ -89,6 +89,29 @@ BLOCKED_ATTRIBUTES = frozenset(
     }
 )
 _BLOCKED_WORD = re.compile(r"\b(?:" + "|".join(sorted(BLOCKED_ATTRIBUTES)) + r")\b")
+_TYPING_FILE = os.path.join(os.path.dirname(os.__file__), "typing.py")
+#: Builtins a type expression never calls.
+_DANGEROUS_CALLS = frozenset(
+    [
+        "__import__",
+        "eval",
+        "exec",
+        "compile",
+        "open",
+        "getattr",
+        "setattr",
+        "delattr",
+        "vars",
+        "globals",
+        "locals",
+        "breakpoint",
+        "input",
+        "__build_class__",
+        "type",
+        "super",
+        "object",
+    ]
+)
 #: Attributes allowed only after a run-time check of the object or the result.
 GUARDED_ATTRIBUTES = frozenset({"__dict__", "__self__", "__getattribute__"})
 _GUARD_FN = "__pv_attr__"
@@ -307,26 +330,32 @@ class _Policy:
         self.forbid(op, f"{event}{_describe_args(args)}", frame)
 
     def check_compiled_source(self, args: tuple[Any, ...], caller: types.FrameType) -> None:
-        """Refuse strings the stdlib compiles for the plugin that name escape attributes.
+        """Refuse strings the stdlib compiles for the plugin that would escape the guard.
 
-        ``typing.get_type_hints`` evaluates string annotations (``x: "().__class__..."``)
-        and would otherwise run plugin-chosen expressions without the AST guard. Generated
-        code of dataclasses/namedtuple/enum never names these attributes.
+        ``typing`` evaluates string annotations (``get_type_hints``, ``ForwardRef``) without
+        the AST guard, and ``ForwardRef._evaluate`` with a bare globals dict even runs them
+        with the real builtins. So: no compiled string may name an escape attribute
+        (generated code of dataclasses/namedtuple/enum never does), and a string compiled
+        by ``typing`` must be a type expression: no dunder names or attributes and no
+        calls of the dangerous builtins.
         """
         source = args[0] if args else None
         if isinstance(source, bytes):
             source = source.decode("utf-8", "replace")
-        if not isinstance(source, str) or caller.f_code.co_filename.startswith(_IMPORTLIB):
+        filename = caller.f_code.co_filename
+        if not isinstance(source, str) or filename.startswith(_IMPORTLIB):
             return
         match = _BLOCKED_WORD.search(source)
-        if match is None:
+        what = match.group(0) if match is not None else None
+        if what is None and filename == _TYPING_FILE:
+            what = _type_expression_escape(source)
+        if what is None:
             return
         frame = self.plugin_frame(caller)
         if frame is not None:
             self.forbid(
                 ALWAYS_FORBIDDEN.name,
-                f"compiled string names {match.group(0)} "
-                f"(via {os.path.basename(caller.f_code.co_filename)})",
+                f"compiled string names {what} (via {os.path.basename(filename)})",
                 frame,
             )
 
@@ -571,6 +600,26 @@ class _Policy:
         for name in attr.split("."):
             target = getattr(target, name)
         return target
+
+
+def _type_expression_escape(source: str) -> str | None:
+    """What makes ``source`` more than a type expression (None when it is one)."""
+    try:
+        tree = ast.parse(source.strip(), mode="eval")
+    except SyntaxError:
+        return None  # compile() itself will refuse it
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and node.id.startswith("__"):
+            return node.id
+        if isinstance(node, ast.Attribute) and node.attr.startswith("__"):
+            return node.attr
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in _DANGEROUS_CALLS
+        ):
+            return f"{node.func.id}()"
+    return None
 
 
 class _HiddenType:

@@ -344,6 +344,11 @@ def case_type_hints(self):
 
     return typing.get_type_hints(A)
 
+def case_forward_ref(self):
+    import typing
+    ref = typing.ForwardRef("__import__('os').system('true')")
+    return ref._evaluate({}, {}, frozenset())
+
 def case_files(self):
     n = 0
     for _ in range(60):
@@ -403,6 +408,7 @@ def forbidden(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         ("subclasses_module", "interpreter"),
         ("frames_module", "interpreter"),
         ("type_hints", "interpreter"),
+        ("forward_ref", "interpreter"),
     ],
 )
 def test_forbidden_operation_is_refused_and_reported(
