@@ -65,6 +65,8 @@ class SandboxKit:
     layout: StateLayout
     spawner: Any
     security_log: Any
+    #: True when ``spawner`` runs the OS layers alone (no audit hook, no import policy).
+    os_only: bool = False
     hosts: list[Any] = dataclasses.field(default_factory=list)
     scratch: list[Path] = dataclasses.field(default_factory=list)
 
@@ -216,12 +218,15 @@ def security_log(sandbox_layout: StateLayout) -> Any:
 
 
 @pytest.fixture(scope="session")
-def make_spawner(sandbox_settings: Settings, security_log: Any) -> Iterator[Callable[[], Any]]:
-    """Starts extra spawners (templates) on demand; all are closed at the end of the session."""
+def make_spawner(sandbox_settings: Settings, security_log: Any) -> Iterator[Callable[..., Any]]:
+    """Starts extra spawners (templates) on demand; all are closed at the end of the session.
+
+    Keyword arguments go to ``Spawner`` (``in_process_policy=False``: OS layers only).
+    """
     started: list[Any] = []
 
-    def make() -> Any:
-        spawner = Spawner(sandbox_settings, security_log=security_log)
+    def make(**kwargs: Any) -> Any:
+        spawner = Spawner(sandbox_settings, security_log=security_log, **kwargs)
         started.append(spawner)
         spawner.start()
         return spawner
@@ -232,9 +237,19 @@ def make_spawner(sandbox_settings: Settings, security_log: Any) -> Iterator[Call
 
 
 @pytest.fixture(scope="session")
-def spawner(make_spawner: Callable[[], Any]) -> Any:
+def spawner(make_spawner: Callable[..., Any]) -> Any:
     """The session's template process, shared by every test."""
     return make_spawner()
+
+
+@pytest.fixture(scope="session")
+def os_only_spawner(make_spawner: Callable[..., Any]) -> Any:
+    """A template whose hosts run with the OS layers alone (no in-process policy).
+
+    Attacks are run against it too: the in-process policy stops most of them at the
+    import, so only this shows that the kernel layers would stop what gets past it.
+    """
+    return make_spawner(in_process_policy=False)
 
 
 @pytest.fixture

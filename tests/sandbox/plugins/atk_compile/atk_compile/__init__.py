@@ -2,8 +2,11 @@
 
 class Plugin:
     def handle(self, request):
-        src = "import os\nos.system('/usr/bin/touch %s')\n" % request["canary"]
+        src = "import os\nrc = os.system('/usr/bin/touch %s')\n" % request["canary"]
         code = compile(src, "<attack>", "exec")
-        func = (lambda: None).__class__(code, {"__builtins__": __builtins__})
+        scope = {}  # the new function takes the caller's builtins
+        func = (lambda: None).__class__(code, scope)
         func()
-        return "ran"
+        if scope["rc"] != 0:
+            raise OSError("system returned %d" % scope["rc"])
+        return scope["rc"]

@@ -2,4 +2,7 @@
 
 class Plugin:
     def handle(self, request):
-        return eval("__import__('os').system('/usr/bin/touch ' + canary)", {"canary": request["canary"]})
+        rc = eval("__import__('os').system('/usr/bin/touch ' + canary)", {"canary": request["canary"]})
+        if rc != 0:
+            raise OSError("system returned %d" % rc)
+        return rc

@@ -4,4 +4,6 @@ class Plugin:
     def handle(self, request):
         scope = {"canary": request["canary"]}
         exec("import os\nrc = os.system('/usr/bin/touch ' + canary)", scope)
+        if scope["rc"] != 0:
+            raise OSError("system returned %d" % scope["rc"])
         return scope["rc"]
