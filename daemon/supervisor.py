@@ -203,10 +203,10 @@ class Supervisor:
 
     # ---- building pools --------------------------------------------------------------------
     def version_info(self, name: str, version: str) -> _VersionInfo:
-        """The registered version ``name`` ``version``, its files verified, plugin.yaml parsed."""
+        """The registered version ``name`` ``version`` with its plugin.yaml parsed."""
         rec = self.registry.get_version(name, version)
         digest = str(rec.digest)
-        self.verify(digest)
+        # Not verified here: every spawn verifies the tree right before it starts.
         meta = parse_plugin_yaml((self.layout.version_dir(digest) / "plugin.yaml").read_bytes())
         return _VersionInfo(
             name=name, version=str(rec.version), digest=digest, meta=meta,
@@ -246,15 +246,20 @@ class Supervisor:
             try:
                 self.verify(info.digest)
             except StateError as exc:
-                threading.Thread(
-                    target=self.disable, daemon=True,
-                    args=(info.name, f"integrity check failed: {exc.message}", "integrity"),
-                ).start()  # fmt: skip
+                slot = self.slots.get(info.name)
+                if slot is not None and holder and slot.pool is holder[0]:
+                    # The live version changed on disk: it never runs again as is. (A new
+                    # version failing here only fails its swap.)
+                    threading.Thread(
+                        target=self.disable, daemon=True,
+                        args=(info.name, f"integrity check failed: {exc.message}", "integrity"),
+                    ).start()  # fmt: skip
                 raise
             host: Host = self.spawner.spawn(spec, timeout=s.swap_health_timeout_s)
             return host
 
-        return HostPool(
+        holder: list[HostPool] = []  # the pool, for the factory's integrity check
+        pool = HostPool(
             plugin=info.name,
             version=info.version,
             factory=factory,
@@ -263,6 +268,8 @@ class Supervisor:
             backoff_max=s.restart_backoff_max_s,
             on_exit=self._host_exited,
         )
+        holder.append(pool)
+        return pool
 
     def start_pool(self, info: _VersionInfo) -> HostPool:
         """Build a pool and start its first host (setup + health); raise on failure."""

@@ -52,13 +52,28 @@ def test_dependencies_order_start_up_and_guard_swaps(daemon_kit):
     assert "base" in exc.value.message
 
 
-def test_tampered_version_is_never_spawned(daemon_kit):
-    kit = daemon_kit
-    digest = kit.add_version("victim", "1.0.0", activate=True)
-    code = kit.layout.version_dir(digest) / "victim" / "__init__.py"
+def _tamper(kit, digest, name):
+    code = kit.layout.version_dir(digest) / name / "__init__.py"
     os.chmod(code, 0o644)
     code.write_text(code.read_text().replace('"ok"', '"owned"'))
     os.chmod(code, 0o444)
+
+
+def test_tampered_version_is_never_spawned(daemon_kit):
+    kit = daemon_kit
+    kit.add_version("victim", "1.0.0", activate=True)
+    _tamper(kit, kit.add_version("victim", "2.0.0"), "victim")
+    kit.start()
+    # A tampered new version only fails its swap; the running version keeps serving.
+    refused = kit.command("activate", name="victim", version="2.0.0")
+    assert not refused["ok"] and refused["error"]["details"]["cause"] == "state.integrity"
+    assert "victim/__init__.py" in refused["error"]["message"]
+    assert kit.client().call("victim", {})["version"] == "1.0.0"
+    assert kit.stop() == 0
+    # A tampered active version is disabled at start-up, never run.
+    with kit.registry() as reg:
+        digest = reg.get_version("victim", "1.0.0").digest
+    _tamper(kit, digest, "victim")
     kit.start()
     client = kit.client()
     with pytest.raises(PlugvisorError) as exc:
