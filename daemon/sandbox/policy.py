@@ -484,11 +484,10 @@ class _Policy:
         """An import made by C code on the plugin's behalf (``PyImport_Import``).
 
         C code running in a plugin frame (``datetime.strptime`` importing ``_strptime``)
-        imports through the frame's ``__builtins__.__import__`` with a *list* fromlist (import
-        statements pass None or a tuple), ignores the result and takes the module from
-        ``sys.modules``. So
-        the module is imported unless its class is refused, and nothing is returned: a
-        plugin calling ``__import__`` that way gets no module.
+        imports through the frame's ``__builtins__.__import__`` with a *list* fromlist
+        (import statements pass None or a tuple), ignores the result and takes the module
+        from ``sys.modules``. So the module is imported unless its class is refused, and
+        nothing is returned: a plugin calling ``__import__`` that way gets no module.
         """
         op = _op_class_of_module(name)
         if (
@@ -899,7 +898,9 @@ class _Guard(ast.NodeTransformer):
         return node
 
     def visit_Name(self, node: ast.Name) -> ast.AST:
-        if node.id in BLOCKED_ATTRIBUTES:
+        # Only the dunder names are module globals worth refusing (``__builtins__``); a
+        # local variable called ``f_code`` is harmless.
+        if node.id in BLOCKED_ATTRIBUTES and node.id.startswith("__"):
             _load_refusal(node, f"name {node.id}", self.filename)
         return node
 
