@@ -772,10 +772,16 @@ def _pv_import(
     return _active().restricted_import(name, globals, fromlist, level)
 
 
-def _dynamic_stub(name: str) -> Callable[..., NoReturn]:
+def _refusing_stub(name: str, op: str) -> Callable[..., NoReturn]:
+    """A builtin the profile does not allow: calling it is a reported violation."""
+
     def refused(*args: Any, **kwargs: Any) -> NoReturn:
         policy = _active()
-        policy.forbid("dynamic_code", f"{name}()", policy.locate(_getframe(1)))
+        policy.forbid(
+            op,
+            f"{name}() (not allowed by profile {policy.profile.name})",
+            policy.locate(_getframe(1)),
+        )
 
     refused.__name__ = refused.__qualname__ = name
     return refused
@@ -820,11 +826,14 @@ def _restricted_builtins(profile: SecurityProfile) -> dict[str, Any]:
         if name in _DYNAMIC and dynamic_forbidden:
             continue
         out[name] = _REPLACED.get(name, real[name])
-    if dynamic_forbidden:
-        # Present but refusing, so the violation is reported with file:line rather than
-        # surfacing as a NameError.
-        for name in _DYNAMIC:
-            out[name] = _dynamic_stub(name)
+    # Builtin functions the profile leaves out are present but refusing, so calling one is
+    # reported with file:line rather than surfacing as a NameError. (Left-out types stay
+    # undefined: a stub would break isinstance() in a more confusing way.)
+    for name, value in real.items():
+        if name in out or name.startswith("_") or not isinstance(value, types.BuiltinFunctionType):
+            continue
+        op = "dynamic_code" if name in _DYNAMIC and dynamic_forbidden else "builtin"
+        out[name] = _refusing_stub(name, op)
     return out
 
 

@@ -275,6 +275,9 @@ def case_real_eval(self):
 def case_real_import(self):
     return self.leaks["import"]("pty")
 
+def case_globals(self):
+    return globals()
+
 def case_eval(self):
     return eval("1 + 1")
 
@@ -389,6 +392,7 @@ def forbidden(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         ("real_eval", "dynamic_code"),
         ("real_import", "subprocess"),
         ("eval", "dynamic_code"),
+        ("globals", "builtin"),
         ("exec", "dynamic_code"),
         ("import_os", "import"),
         ("import_subprocess", "subprocess"),
@@ -487,6 +491,25 @@ def test_trusted_writes_only_inside_data_dir(tmp_path: Path) -> None:
     assert res["outside"]["error"] == "policy.forbidden"
     assert res["outside"]["detail"].startswith("file_write: open(")
     assert not outside.exists()
+
+
+def test_strict_profile_refuses_what_default_allows(tmp_path: Path) -> None:
+    methods = """
+    def case_json(self):
+        import re
+        return json.dumps({"n": len(re.findall("a", "banana"))})
+
+    def case_open(self):
+        return open(__file__).read(1)
+
+    def case_zoneinfo(self):
+        import zoneinfo
+    """
+    res = run_plugin(tmp_path, methods, ["json", "open", "zoneinfo"], profile="strict")
+    assert res["json"]["result"] == '{"n": 3}'
+    assert res["open"]["error"] == "policy.forbidden"
+    assert res["open"]["detail"].startswith("builtin: open() (not allowed by profile strict)")
+    assert res["zoneinfo"]["detail"].startswith("import: import zoneinfo")
 
 
 def test_plugin_cannot_shadow_a_stdlib_module(tmp_path: Path) -> None:
