@@ -92,14 +92,14 @@ def raw_echo(n: int) -> dict[str, Any]:
 class DaemonProc:
     """A daemon subprocess over a throw-away state directory."""
 
-    def __init__(self) -> None:
+    def __init__(self, polling: float) -> None:
         self.root = Path(tempfile.mkdtemp(dir="/tmp", prefix="pv-bench-"))
         os.chmod(self.root, 0o755)
         self.layout = StateLayout(self.root)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("PLUGVISOR_")}
         self.env.update(
             PLUGVISOR_STATE_DIR=str(self.root), PLUGVISOR_METRICS_PORT="0",
-            PLUGVISOR_LOG_LEVEL="warning", PLUGVISOR_BROKER_POLLING_INTERVAL="0.005",
+            PLUGVISOR_LOG_LEVEL="warning", PLUGVISOR_BROKER_POLLING_INTERVAL=str(polling),
             PLUGVISOR_WATCH_WINDOW_S="0", PLUGVISOR_PLUGIN_CONCURRENCY="4",
         )  # fmt: skip
         self.settings = load_settings({"state_dir": str(self.root)}, env=self.env)
@@ -232,10 +232,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--calls", type=int, default=10000)
     ap.add_argument("--swaps", type=int, default=50)
     ap.add_argument("--threads", type=int, default=4)
+    ap.add_argument(
+        "--broker-polling", type=float, default=0.005,
+        help="embedded broker polling interval (s): bounds end-to-end swap latency",
+    )  # fmt: skip
     args = ap.parse_args(argv)
 
     raw = raw_echo(args.calls)
-    d = DaemonProc()
+    d = DaemonProc(args.broker_polling)
     try:
         store_test_version(d.layout, "bench", "1.0.0", activate=True)
         store_test_version(d.layout, "flip", "1.0.0", activate=True)
