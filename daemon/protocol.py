@@ -30,7 +30,8 @@ __all__ = [
     "send_frame",
 ]
 
-#: Largest frame either side accepts; a bigger length prefix means a broken peer.
+#: Largest frame either side accepts; a bigger length prefix means a broken peer. Plugin
+#: responses are capped at ``max_response_bytes`` (4 MiB by default) plus the envelope.
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 
 _LEN = struct.Struct(">I")

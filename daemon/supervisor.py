@@ -357,7 +357,9 @@ class Supervisor:
             envelope, code, version = self._refusal(name, None), "plugin.not_found", None
         else:
             envelope, code, version = self._call_slot(slot, request_id, body)
-        self._count(name, code or "ok", time.perf_counter() - t0)
+        # Unknown names share one label: callers must not grow the metric label space.
+        self._count(name if slot is not None else "_unknown", code or "ok",
+                    time.perf_counter() - t0)  # fmt: skip
         if code is not None and slot is not None and version is not None:
             self._note_error(slot, version, code)
         return envelope

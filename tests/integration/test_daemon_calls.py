@@ -124,7 +124,7 @@ def test_metrics_endpoint_and_watchdog_pings(daemon_kit):
         client.call("ghost", {})
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     assert 'plugvisor_calls_total{code="ok",plugin="greeter"} 3.0' in body
-    assert 'plugvisor_calls_total{code="plugin.not_found",plugin="ghost"} 1.0' in body
+    assert 'plugvisor_calls_total{code="plugin.not_found",plugin="_unknown"} 1.0' in body
     assert "plugvisor_call_seconds_bucket" in body
     # WATCHDOG_USEC=0.2 s: pings every 0.1 s on the fake NOTIFY_SOCKET.
     pings = []
