@@ -30,7 +30,9 @@ def test_request_roundtrip_over_a_socketpair():
         payload = encode_request("grëeter", "req-1", b'{"x": [1, 2]}')
         send_frame(a, payload)
         send_frame(a, b"")
-        assert decode_request(recv_frame(b)) == ("grëeter", "req-1", b'{"x": [1, 2]}')
+        frame = recv_frame(b)
+        assert frame is not None
+        assert decode_request(frame) == ("grëeter", "req-1", b'{"x": [1, 2]}')
         assert recv_frame(b) == b""
         a.close()
         assert recv_frame(b) is None  # clean end of stream between frames
