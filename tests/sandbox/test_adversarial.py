@@ -124,7 +124,9 @@ def _sandbox_ids(kit: Any) -> tuple[int, int]:
 
 @pytest.fixture
 def victim(kit: Any) -> Iterator[tuple[subprocess.Popen[str], int, int, bytes]]:
-    """A process of the sandbox user holding a secret in memory: (proc, address, size, secret).
+    """A process of the sandbox user with a secret in memory and in its environment.
+
+    Yields (proc, address of the secret's bytes, their size, secret).
 
     Same uid as the plugin hosts (and no Yama here), so the kernel's uid checks alone
     would let a plugin signal, ptrace or read it; only the sandbox stands in the way.
@@ -146,6 +148,7 @@ def victim(kit: Any) -> Iterator[tuple[subprocess.Popen[str], int, int, bytes]]:
         group=gid,
         stdout=subprocess.PIPE,
         text=True,
+        env={"PATH": "/usr/bin:/bin", "PV_VICTIM_SECRET": f"victim-{token}"},
     )
     try:
         assert proc.stdout is not None
@@ -207,6 +210,21 @@ def test_fork_leaves_no_child(layered: Any) -> None:
     layered.assert_benign_still_works()
 
 
+def _ns(pid: int, kind: str) -> str:
+    return os.readlink(f"/proc/{pid}/ns/{kind}")
+
+
+def test_no_new_user_namespace(layered: Any) -> None:
+    """unshare(CLONE_NEWUSER) would hand the plugin every capability inside a new namespace."""
+    _needs(layered, "seccomp")
+    host = layered.spawn("atk_unshare_userns")
+    before = _ns(host.pid, "user")
+    _attack(layered, "atk_unshare_userns", {}, REFUSED, host=host)
+    if _alive(host.pid):
+        assert _ns(host.pid, "user") == before, "the host entered a new user namespace"
+    layered.assert_benign_still_works()
+
+
 def test_setuid_root_fails(layered: Any) -> None:
     _needs(layered, "privileges")
     canary = layered.scratch_dir(0o700) / "as-root"
@@ -216,6 +234,40 @@ def test_setuid_root_fails(layered: Any) -> None:
     if _alive(host.pid):
         uids = psutil.Process(host.pid).uids()
         assert 0 not in uids, f"host uids {uids} include root"
+    layered.assert_benign_still_works()
+
+
+def test_caught_refusals_are_still_refused_and_logged(
+    layered: Any, make_spawner: Callable[..., Any]
+) -> None:
+    """A plugin that swallows every refusal still gets nothing done, and is still reported."""
+    _needs(layered, "seccomp", "landlock")
+    seen: list[tuple[str, str]] = []
+    spawner = make_spawner(
+        in_process_policy=not layered.os_only,
+        on_violation=lambda plugin, _version, kind, _detail: seen.append((plugin, kind)),
+    )
+    canary = layered.scratch_dir(0o777) / "canary"
+    host = layered.spawn("atk_catch_all", spawner=spawner)
+    rid = _rid()
+    try:
+        result = host.call({"canary": str(canary)}, request_id=rid, timeout=10.0)
+    except PlugvisorError as exc:
+        assert exc.code in REFUSED, exc
+    else:
+        assert isinstance(result, list)
+    _assert_stays_absent(canary)
+    if not layered.os_only:
+        # os, subprocess, write, eval, socket: five refusals, each one reported.
+        deadline = time.monotonic() + 3.0
+        while len(seen) < 5 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        lines = [x for x in layered.security_lines() if x.get("request_id") == rid]
+        assert len(lines) >= 5, lines
+        assert {x["kind"] for x in lines} == {"policy.forbidden"}, lines
+        assert len(seen) >= 5 and {p for p, _ in seen} == {"atk_catch_all"}, seen
+    host.stop()
+    spawner.close()
     layered.assert_benign_still_works()
 
 
@@ -252,6 +304,22 @@ def test_own_code_is_not_overwritten(layered: Any) -> None:
     host = layered.spawn("atk_overwrite_code", code_dir=code)
     _attack(layered, "atk_overwrite_code", {}, REFUSED, host=host)
     assert hashlib.sha256(module.read_bytes()).hexdigest() == before, "own code was rewritten"
+    layered.assert_benign_still_works()
+
+
+def test_peer_environment_is_not_read(layered: Any, victim: Any) -> None:
+    """/proc/<pid>/environ of another process of the sandbox user (e.g. another plugin's host)."""
+    _needs(layered, "landlock")
+    proc, _addr, _size, secret = victim
+    host = layered.spawn("atk_read_file")
+    try:
+        result = host.call({"path": f"/proc/{proc.pid}/environ"}, timeout=10.0)
+    except PlugvisorError as exc:
+        assert secret.decode() not in str(exc.to_dict())
+        assert exc.code in REFUSED, exc
+    else:
+        leaked = secret.decode() in json.dumps(result)
+        pytest.fail(f"read another process's environment (secret leaked: {leaked})")
     layered.assert_benign_still_works()
 
 
@@ -302,17 +370,26 @@ def test_udp_send_refused(layered: Any) -> None:
     layered.assert_benign_still_works()
 
 
-def test_unix_socket_connect_refused(layered: Any) -> None:
-    """A world-connectable Unix socket (like a daemon's control socket) stays out of reach."""
+@pytest.mark.parametrize("kind", ["path", "abstract"])
+def test_unix_socket_connect_refused(layered: Any, kind: str) -> None:
+    """Unix sockets of other programs (a daemon's control socket, a session bus) stay out of reach.
+
+    The path socket is world-connectable (0o777 in a 0o777 directory), so only the sandbox
+    stands in the way; the abstract one has no permissions at all.
+    """
     _needs(layered, "seccomp", "landlock")
-    path = layered.scratch_dir(0o777) / "control.sock"
+    if kind == "path":
+        address = str(layered.scratch_dir(0o777) / "control.sock")
+    else:
+        address = f"\0pv-test-{uuid.uuid4().hex}"
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
-        listener.bind(str(path))
-        os.chmod(path, 0o777)
+        listener.bind(address)
+        if kind == "path":
+            os.chmod(address, 0o777)
         listener.listen(8)
-        _attack(layered, "atk_unix_connect", {"path": str(path)}, REFUSED)
+        _attack(layered, "atk_unix_connect", {"path": address}, REFUSED)
         readable, _, _ = select.select([listener], [], [], 0.3)
-        assert readable == [], "the plugin connected to a Unix socket outside the sandbox"
+        assert readable == [], f"the plugin connected to a {kind} Unix socket outside the sandbox"
     layered.assert_benign_still_works()
 
 
@@ -480,6 +557,12 @@ def test_huge_response_is_refused_without_parent_bloat(kit: Any) -> None:
     peak_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     assert rss_after - rss_before < 100 * MiB, "the parent kept the huge response"
     assert peak_after - peak_before < 100 * MiB, "the parent read the huge response into memory"
+    kit.assert_benign_still_works()
+
+
+def test_response_over_the_cap_under_default(kit: Any) -> None:
+    """5 MiB of JSON under the default profile (64 MiB, 4 MiB cap): too large, not out of memory."""
+    _attack(kit, "atk_big_response", {"size": 5 * MiB}, frozenset({"response.too_large"}))
     kit.assert_benign_still_works()
 
 

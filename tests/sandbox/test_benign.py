@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 import structlog
 
+from plugvisor.core.errors import PlugvisorError
+
 CASES: dict[str, tuple[Any, Any]] = {
     "ok_text": (
         {"doc": json.dumps({"text": "Hello world, mail bob@example.com or ALICE@test.org now"})},
@@ -233,6 +235,18 @@ def test_plugin_answers_exactly(kit: Any, name: str) -> None:
     # A second call on the same host: nothing was consumed or locked by the first one.
     assert host.call(request, timeout=10.0) == expected
     assert host.health()
+
+
+def test_plugin_exception_is_plugin_error_and_host_survives(kit: Any) -> None:
+    """An honest ``raise`` for bad input is plugin.error; the same process keeps serving."""
+    host = kit.spawn("ok_exceptions")
+    pid = host.pid
+    with pytest.raises(PlugvisorError) as info:
+        host.call({"reject": "negative amount"}, timeout=10.0)
+    assert info.value.code == "plugin.error"
+    assert "bad input: negative amount" in info.value.message
+    assert host.alive and host.pid == pid
+    assert host.call({}, timeout=10.0) == CASES["ok_exceptions"][1]
 
 
 def test_call_raw_fast_path(kit: Any) -> None:

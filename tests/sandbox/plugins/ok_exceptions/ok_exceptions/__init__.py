@@ -11,6 +11,9 @@ class AppError(Exception):
 
 class Plugin:
     def handle(self, request):
+        if "reject" in request:
+            # An honest refusal of bad input: uncaught, it becomes plugin.error.
+            raise ValueError("bad input: %s" % request["reject"])
         out = {}
         try:
             1 / 0
