@@ -174,6 +174,10 @@ class CallServer:
                 conn.shutdown(socket.SHUT_RDWR)
         return drained
 
+    def healthy(self) -> bool:
+        """The accept thread is running (for the watchdog)."""
+        return self._thread is not None and self._thread.is_alive()
+
     @property
     def connections(self) -> int:
         with self._lock:

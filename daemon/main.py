@@ -85,7 +85,9 @@ class Daemon:
         port = self.metrics.serve(s.metrics_addr, s.metrics_port)
         status = f"{sum(v == 'active' for v in started.values())}/{len(started)} plugins running"
         self.notifier.ready(status)
-        self.notifier.start_watchdog(sup.healthy)
+        calls = self.calls
+        # Pings stop (and systemd restarts us) when the monitor or the accept loop died.
+        self.notifier.start_watchdog(lambda: sup.healthy() and calls.healthy())
         _log.info(
             "daemon_ready", pid=os.getpid(), socket=str(self.layout.daemon_socket),
             plugins=started, metrics_port=port,

@@ -22,8 +22,15 @@ def test_commands_are_applied_recorded_and_answered(broker_kit):
     kit = broker_kit
     kit.add_version("ctl", "1.0.0", activate=True)
     kit.add_version("ctl", "1.1.0")
+    kit.add_version("fresh", "0.1.0")  # approved, never activated
     kit.start()
     client = kit.client()
+    with pytest.raises(PluginRuntimeError) as exc:
+        client.call("fresh", {})
+    assert exc.value.code == "plugin.not_found"
+    first_activation = kit.command("activate", name="fresh", version="0.1.0")
+    assert first_activation["ok"] and first_activation["result"]["from"] is None
+    assert client.call("fresh", {})["version"] == "0.1.0"
 
     status = kit.command("status")
     assert status["ok"] and status["result"]["plugins"]["ctl"]["state"] == "active"
