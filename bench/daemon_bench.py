@@ -8,10 +8,11 @@ Run: ``.venv/bin/python -m plugvisor.bench.daemon_bench [--calls N] [--swaps N]`
    request (socket -> daemon thread -> sandboxed host -> back): p50/p99, calls/s on one
    thread and on several, and the ratio to the baseline.
 3. Swaps under load: client threads call continuously while the control plane swaps
-   between two versions ``--swaps`` times. Swap latency is measured two ways: inside the
-   daemon (command received -> routing flipped, the outcome's ``took_ms``) and end to end
-   (command sent -> first call answered by the new version, which adds the broker hop).
-   Failed calls during the swaps are counted.
+   between two versions ``--swaps`` times. Swap latency: command received by the daemon
+   (the outcome's ``received_at``) -> first call answered by the new version (wall
+   clocks of one host); also the swap alone (``took_ms``: checks, verify, spawn + health,
+   registry commit, flip, with its phases) and end to end from the sender (adds the
+   broker hop). Failed calls during the swaps are counted.
 """
 
 from __future__ import annotations
@@ -163,7 +164,7 @@ def daemon_calls(d: DaemonProc, n: int, threads: int) -> list[dict[str, Any]]:
 def swaps_under_load(d: DaemonProc, swaps: int, threads: int) -> dict[str, Any]:
     client = Client(d.layout.daemon_socket, timeout=30)
     stop = threading.Event()
-    seen: list[tuple[float, str]] = []
+    seen: list[tuple[float, str, float]] = []
     failures: list[str] = []
     lock = threading.Lock()
     calls = [0]
@@ -180,7 +181,7 @@ def swaps_under_load(d: DaemonProc, swaps: int, threads: int) -> dict[str, Any]:
             with lock:
                 calls[0] += 1
                 if env.get("ok"):
-                    seen.append((now, env["result"]["version"]))
+                    seen.append((now, env["result"]["version"], time.time()))
                 else:
                     failures.append(json.dumps(env["error"]))
 
@@ -190,6 +191,7 @@ def swaps_under_load(d: DaemonProc, swaps: int, threads: int) -> dict[str, Any]:
     time.sleep(0.3)
     inside: list[float] = []
     phases: list[dict[str, float]] = []
+    received_to_served: list[float] = []
     end_to_end: list[float] = []
     for i in range(swaps):
         target = "2.0.0" if i % 2 == 0 else "1.0.0"
@@ -202,9 +204,11 @@ def swaps_under_load(d: DaemonProc, swaps: int, threads: int) -> dict[str, Any]:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             with lock:  # the earliest answer of the new version after the command was sent
-                new = [ts_ for ts_, v in seen[-2000:] if v == target and ts_ > t0]
+                new = [(ts_, wall) for ts_, v, wall in seen[-2000:] if v == target and ts_ > t0]
             if new:
-                end_to_end.append(min(new) - t0)
+                first, first_wall = min(new)
+                end_to_end.append(first - t0)
+                received_to_served.append(first_wall - outcome["received_at"])
                 break
             time.sleep(0.001)
     stop.set()
@@ -218,6 +222,8 @@ def swaps_under_load(d: DaemonProc, swaps: int, threads: int) -> dict[str, Any]:
         "failures_sample": failures[:3],
         "in_daemon_ms_p50": round(_pct(inside, 0.5) * 1000, 2),
         "in_daemon_ms_p99": round(_pct(inside, 0.99) * 1000, 2),
+        "received_to_first_served_ms_p50": round(_pct(received_to_served, 0.5) * 1000, 2),
+        "received_to_first_served_ms_p99": round(_pct(received_to_served, 0.99) * 1000, 2),
         "end_to_end_ms_p50": round(_pct(end_to_end, 0.5) * 1000, 2),
         "end_to_end_ms_p99": round(_pct(end_to_end, 0.99) * 1000, 2),
         "phases_ms_p50_cumulative": {

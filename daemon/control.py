@@ -251,6 +251,7 @@ class ControlPlane:
                         continue
 
     def _on_message(self, body: Any, message: Any) -> None:
+        received_at = time.time()
         props = message.properties
         cid = str(body.get("id") or props.get("correlation_id") or "") if isinstance(
             body, dict) else ""  # fmt: skip
@@ -269,6 +270,7 @@ class ControlPlane:
                     _log.info("control_command_repeated", id=cid, kind=kind)
                 else:
                     outcome = self._apply(cid, kind, params if isinstance(params, dict) else {})
+                    outcome["received_at"] = received_at  # wall clock, for latency figures
                     self.registry.finish_command(cid, outcome)
             except PlugvisorError as exc:
                 # The registry could not record it (locked, unreachable): leave the message

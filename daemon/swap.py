@@ -92,6 +92,7 @@ class SwapEngine:
             phases["commit"] = time.perf_counter() - t0
             previous = old_rec.version if old_rec is not None else running
             old_pool = sup.route(slot, pool, SlotState.ACTIVE, "", version)
+            flipped_at = time.time()
             slot.crashes.clear()
             slot.watch = (
                 Watch(
@@ -117,6 +118,7 @@ class SwapEngine:
         return {
             "plugin": name, "outcome": "swapped", "from": previous, "to": version,
             "took_ms": round(took * 1000, 3),
+            "flipped_at": flipped_at,  # wall clock of the routing flip
             # Cumulative milliseconds at the end of each phase (for benchmarks and logs).
             "phases_ms": {k: round(v * 1000, 3) for k, v in phases.items()},
         }  # fmt: skip
