@@ -48,6 +48,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "status": ("plugvisor.cli.install:status", "List plugins and their versions."),
     "tokens": ("plugvisor.cli.tokens:tokens", "Create, list and revoke API tokens."),
+    "up": ("plugvisor.cli.up:up", "Start daemon, worker and API with the demo plugin."),
     "upload": ("plugvisor.cli.remote:upload", "Upload a signed archive via the API."),
     "verify": ("plugvisor.cli.package:verify", "Check an archive and print every check."),
     "worker": ("plugvisor.cli.worker:worker", "Run a Celery worker for upload/scan/audit jobs."),

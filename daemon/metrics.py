@@ -14,6 +14,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from plugvisor.core.errors import ConfigError
+
 __all__ = ["DaemonMetrics"]
 
 _LATENCY_BUCKETS = (
@@ -62,7 +64,14 @@ class DaemonMetrics:
         """Start the HTTP endpoint; return the bound port (``None`` when ``port`` is 0)."""
         if port <= 0:
             return None
-        started = start_http_server(port, addr=addr, registry=self.registry)
+        try:
+            started = start_http_server(port, addr=addr, registry=self.registry)
+        except OSError as exc:
+            raise ConfigError(
+                "port_in_use", f"cannot serve metrics on {addr}:{port}: {exc.strerror}; set "
+                "metrics_port (PLUGVISOR_METRICS_PORT) to a free port, or 0 to turn it off",
+                setting="metrics_port", port=port,
+            ) from exc  # fmt: skip
         self._server = started[0] if isinstance(started, tuple) else None
         return port
 
