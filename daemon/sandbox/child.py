@@ -190,6 +190,10 @@ class PluginContext:
     config: dict[str, Any]
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _describe(exc: BaseException) -> str:
     msg = str(exc)
     if len(msg) > _MAX_MESSAGE:
@@ -243,7 +247,12 @@ class _Runtime:
         return ok_envelope(out)
 
     def handle(self, payload: bytes) -> bytes:
-        return self._run(lambda: self.instance.handle(json.loads(payload)), str(self.chan.seq))
+        try:
+            request = json.loads(payload, parse_constant=_reject_constant)
+        except (ValueError, RecursionError) as exc:
+            # The caller's bad input, not the plugin's fault (no response.* code).
+            return error_envelope("request.invalid_json", f"request is not valid JSON: {exc}")
+        return self._run(lambda: self.instance.handle(request), str(self.chan.seq))
 
     def health(self) -> bytes:
         fn = getattr(self.instance, "health", None)

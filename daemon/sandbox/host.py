@@ -412,6 +412,12 @@ class PluginHost:
                 f"{self._kill_detail}",
             )
         code = self._spawner.exit_code(self._pid, timeout=0.2)
+        if code == -signal.SIGXCPU:
+            return BudgetExceeded(
+                "time",
+                "plugin used up its CPU time (RLIMIT_CPU, "
+                f"{self.spec.profile.max_execution_time}s per request)",
+            )
         detail: dict[str, Any] = {"pid": self._pid}
         if code is not None:
             detail["exit_code"] = code
@@ -489,7 +495,10 @@ class PluginHost:
             raise PluginRuntimeError("crashed", f"protocol violation: {exc}") from None
         except (PeerClosed, ConnectionError, OSError):
             self._mark_dead("crashed", "")
-            raise self._dead_error() from None
+            err = self._dead_error()
+            if err.code == "budget.time" and violations:
+                self._violation("budget.time", err.message, "killed")
+            raise err from None
         except _ProtocolViolation as exc:
             self._kill("crashed", f"protocol violation: {exc}")
             self._violation("protocol.violation", str(exc), "killed")
@@ -615,6 +624,10 @@ class PluginHost:
         except (PeerClosed, ConnectionError, FrameTooLarge, _ProtocolViolation, ValueError) as exc:
             self._kill("crashed", str(exc))
             code = self._spawner.exit_code(self._pid, timeout=1.0)
+            if code == -signal.SIGXCPU:
+                detail = f"setup used up its CPU time ({self.spec.profile.max_execution_time}s)"
+                self._violation("budget.time", detail, "killed")
+                raise BudgetExceeded("time", detail) from None
             raise SandboxError(
                 "spawn_failed",
                 f"plugin host died during start-up (exit code {code}): {exc}",

@@ -227,10 +227,19 @@ def build_seccomp_bpf(network_allowed: bool) -> bytes:
     # fall back to clone(), which the rule above inspects. EPERM would break threads.
     filt.add_rule(pyseccomp.ERRNO(errno.ENOSYS), "clone3")
     if not network_allowed:
-        # Only AF_UNIX sockets (socketpair for in-process use); no IP, packet, netlink,
-        # vsock, AF_ALG, ... -- an allow-list of one family rather than a deny-list.
-        filt.add_rule(eperm, "socket", pyseccomp.Arg(0, pyseccomp.NE, 1))
+        # No new sockets of any family: IP, packet, netlink, vsock, AF_ALG, and AF_UNIX
+        # too (Landlock does not cover connect() to a pathname socket, and a 0o777 socket
+        # file of another service would be reachable). The channel is inherited, so the
+        # runtime never calls socket(). What remains is socketpair(AF_UNIX, SOCK_STREAM):
+        # connected streams that can only talk to each other (sendto ignores addresses).
+        filt.add_rule(eperm, "socket")
+        for name in ("connect", "bind", "listen", "accept", "accept4"):
+            filt.add_rule(eperm, name)
         filt.add_rule(eperm, "socketpair", pyseccomp.Arg(0, pyseccomp.NE, 1))
+        for sock_type in (0, *range(2, 16)):  # any type but SOCK_STREAM (flags masked off)
+            filt.add_rule(
+                eperm, "socketpair", pyseccomp.Arg(1, pyseccomp.MASKED_EQ, 0xF, sock_type)
+            )
     with tempfile.TemporaryFile() as fh:
         filt.export_bpf(fh)
         fh.seek(0)
@@ -537,7 +546,7 @@ def lock_down(
         ok(
             "seccomp",
             "exec/fork/ptrace/mount/bpf/keyctl/... EPERM, clone3 ENOSYS"
-            + ("" if plan.network_allowed else ", non-AF_UNIX sockets EPERM"),
+            + ("" if plan.network_allowed else ", socket/connect/bind EPERM"),
         )
     else:
         missing("seccomp", False, res.seccomp_reason or "seccomp unavailable")

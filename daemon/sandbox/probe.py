@@ -43,6 +43,10 @@ class Plugin:
         attempt("write_tmp", lambda: open("/tmp/plugvisor-probe-%d" % os.getpid(), "wb").close())
         attempt("inet_socket", lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM).close())
         attempt("inet6_socket", lambda: socket.socket(socket.AF_INET6).close())
+        attempt("unix_socket", lambda: socket.socket(socket.AF_UNIX).close())
+        attempt("unix_dgram_pair", lambda: [s.close() for s in socket.socketpair(
+            socket.AF_UNIX, socket.SOCK_DGRAM)])
+        attempt("unix_stream_pair", lambda: [s.close() for s in socket.socketpair()])
         attempt("fork", fork)
         attempt("exec", lambda: os.execv("/bin/true", ["true"]))
         attempt("kill_parent", lambda: os.kill(os.getppid(), 0))

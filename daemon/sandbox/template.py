@@ -37,101 +37,50 @@ import time
 import traceback
 from typing import Any
 
-from plugvisor.daemon.sandbox.protocol import SpawnOrder
+from plugvisor.core.errors import PlugvisorError
+from plugvisor.daemon.sandbox.protocol import (
+    FrameType,
+    SpawnOrder,
+    encode_frame,
+    error_envelope,
+)
 
-__all__ = ["PRELOAD", "main"]
+__all__ = ["RUNTIME_PRELOAD", "main"]
 
-#: Imported once in the template so every child has them without touching the disk
-#: (Landlock would allow the stdlib, but pre-importing is faster and also covers
-#: C extensions whose shared libraries sit outside the allowed trees).
-PRELOAD = [
-    "json",
-    "re",
-    "math",
-    "cmath",
-    "decimal",
-    "fractions",
-    "statistics",
-    "random",
-    "datetime",
-    "time",
-    "calendar",
-    "zoneinfo",
-    "collections",
-    "collections.abc",
-    "itertools",
-    "functools",
-    "operator",
-    "heapq",
-    "bisect",
-    "array",
-    "copy",
-    "dataclasses",
-    "enum",
-    "typing",
-    "abc",
-    "string",
-    "textwrap",
-    "unicodedata",
-    "difflib",
-    "hashlib",
-    "hmac",
-    "base64",
-    "binascii",
-    "uuid",
-    "struct",
-    "csv",
-    "io",
-    "html",
-    "html.parser",
-    "html.entities",
-    "urllib.parse",
-    "ipaddress",
-    "contextlib",
-    "traceback",
-    "logging",
-    "numbers",
-    "fractions",
-    "pprint",
-    "weakref",
-    "types",
-    "_strptime",
-    "locale",
-    "encodings.idna",
-    "encodings.utf_16",
-    "encodings.utf_32",
-    "encodings.latin_1",
-    "encodings.ascii",
-    "encodings.cp1252",
-    "encodings.utf_8_sig",
-    "encodings.punycode",
-    "encodings.unicode_escape",
-    "encodings.raw_unicode_escape",
-    "encodings.base64_codec",
-    "encodings.hex_codec",
-    "importlib",
-    "importlib.resources",
-    "importlib.resources.abc",
-    "importlib.util",
-    "importlib.machinery",
-    "zipfile",
-    "shlex",
-    "secrets",
-    "graphlib",
-    "pyseccomp",
-    "ctypes",
-    "ctypes.util",
-]
+#: Imported once in the template besides every module a bundled profile allows: what the
+#: runtime needs after the lock-down (lazy imports of the stdlib, codecs looked up by name,
+#: C extensions whose shared libraries sit outside the Landlock rules).
+RUNTIME_PRELOAD = (
+    "json", "decimal", "zoneinfo", "hashlib", "_strptime", "locale", "encodings.idna",
+    "encodings.utf_16", "encodings.utf_32", "encodings.latin_1", "encodings.ascii",
+    "encodings.cp1252", "encodings.utf_8_sig", "encodings.punycode", "encodings.unicode_escape",
+    "encodings.raw_unicode_escape", "encodings.base64_codec", "encodings.hex_codec",
+    "importlib.resources", "importlib.resources.abc", "importlib.util", "importlib.machinery",
+    "zipfile", "pyseccomp", "ctypes", "ctypes.util",
+)  # fmt: skip
+
+
+def _profile_modules() -> set[str]:
+    """Modules the bundled profiles allow: pre-importing them makes plugin imports free."""
+    from plugvisor.core.profile import bundled_profiles_dir, parse_profile  # noqa: PLC0415
+
+    names: set[str] = set()
+    for path in sorted(bundled_profiles_dir().glob("*.yaml")):
+        try:
+            names |= parse_profile(path.read_bytes(), path.stem).allowed_modules()
+        except (OSError, PlugvisorError) as exc:
+            print(f"plugvisor template: profile {path.name} skipped: {exc}", file=sys.stderr)
+    return names
 
 
 def _preload() -> None:
     import importlib  # noqa: PLC0415
 
-    for name in PRELOAD:
+    for name in sorted({*RUNTIME_PRELOAD, *_profile_modules()}):
         try:
             importlib.import_module(name)
         except ImportError:
-            continue  # optional on this Python build (e.g. no _ctypes); checked at spawn
+            continue  # optional on this Python build, or not a module (a class path)
     # The runtime itself, so the child never imports plugvisor code after the lock-down.
     import plugvisor.daemon.sandbox._fallback_policy  # noqa: PLC0415
     import plugvisor.daemon.sandbox.child  # noqa: PLC0415
@@ -225,7 +174,7 @@ class _Template:
             try:
                 code = _child_main(order, chan_fd, self.res, ids)
             except BaseException:  # never fall back into the template's loop
-                _last_words(chan_fd)
+                _report_failure(chan_fd, "runtime_error", "plugin runtime failed")
             finally:
                 os._exit(code)
         os.close(chan_fd)
@@ -247,31 +196,24 @@ class _Template:
             _send(self.ctl, {"op": "exited", "pid": pid, "code": code})
 
 
-def _last_words(chan_fd: int) -> None:
-    """Best effort: tell the parent why the child is dying (it logs the trace)."""
-    from plugvisor.daemon.sandbox.protocol import FrameType, encode_frame, error_envelope  # noqa: PLC0415
+def _report_failure(chan_fd: int, rule: str, message: str, hello: bool = False) -> None:
+    """Best effort: tell the parent why the child is dying (it logs the trace, callers do
+    not see it). ``hello`` first when the child has not said HELLO yet."""
+    from plugvisor.daemon.sandbox.protocol import PROTOCOL_VERSION  # noqa: PLC0415
 
-    try:
-        env = error_envelope(
-            "sandbox.runtime_error",
-            "plugin runtime failed",
-            trace=traceback.format_exc(limit=8)[-3000:],
-        )
-        os.write(chan_fd, encode_frame(FrameType.FAILED, 0, env))
-    except OSError:
-        pass  # the parent is gone
+    env = error_envelope(f"sandbox.{rule}", message, trace=traceback.format_exc(limit=8)[-3000:])
+    data = encode_frame(FrameType.FAILED, 0, env)
+    if hello:
+        hello_payload = json.dumps({"protocol": PROTOCOL_VERSION}).encode()
+        data = encode_frame(FrameType.HELLO, 0, hello_payload) + data
+    with contextlib.suppress(OSError):  # the parent is gone: nothing left to tell
+        os.write(chan_fd, data)
 
 
 def _child_main(order: SpawnOrder, chan_fd: int, res: Any, ids: tuple[int, int] | None) -> int:
     """In the forked child: open handles as root, lock down, then serve the plugin."""
     from plugvisor.daemon.sandbox.child import ChildConfig, serve  # noqa: PLC0415
     from plugvisor.daemon.sandbox.lockdown import LockdownPlan, lock_down  # noqa: PLC0415
-    from plugvisor.daemon.sandbox.protocol import (  # noqa: PLC0415
-        PROTOCOL_VERSION,
-        FrameType,
-        error_envelope,
-        send_frame,
-    )
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -304,16 +246,8 @@ def _child_main(order: SpawnOrder, chan_fd: int, res: Any, ids: tuple[int, int] 
         )
         layers, lock_ms, steps = lock_down(plan, res, is_root)
     except Exception as exc:  # any failure here must reach the parent, not vanish
-        send_frame(sock, FrameType.HELLO, 0, json.dumps({"protocol": PROTOCOL_VERSION}).encode())
-        send_frame(
-            sock,
-            FrameType.FAILED,
-            0,
-            error_envelope(
-                "sandbox.lockdown_failed",
-                f"lock-down failed: {type(exc).__name__}: {exc}",
-                trace=traceback.format_exc(limit=3)[-1500:],
-            ),
+        _report_failure(
+            chan_fd, "lockdown_failed", f"lock-down failed: {type(exc).__name__}: {exc}", True
         )
         return 3
     install = _policy_installer(order.in_process_policy)
@@ -335,17 +269,9 @@ def _child_main(order: SpawnOrder, chan_fd: int, res: Any, ids: tuple[int, int] 
     try:
         return serve(sock, cfg, hello, install[0])
     except Exception as exc:  # a runtime bug: tell the parent, which logs it
-        with contextlib.suppress(OSError):  # the parent is gone: nothing left to tell
-            send_frame(
-                sock,
-                FrameType.FAILED,
-                0,
-                error_envelope(
-                    "sandbox.runtime_error",
-                    f"plugin runtime failed: {type(exc).__name__}: {exc}",
-                    trace=traceback.format_exc(limit=6)[-3000:],
-                ),
-            )
+        _report_failure(
+            chan_fd, "runtime_error", f"plugin runtime failed: {type(exc).__name__}: {exc}"
+        )
         return 6
 
 

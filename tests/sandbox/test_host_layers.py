@@ -8,6 +8,7 @@ A layer the kernel lacks makes its test skip loudly, naming the layer.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from click.testing import CliRunner
 
 from plugvisor.cli import cli
@@ -118,6 +120,11 @@ def test_os_layers_alone_refuse_from_inside(probe: dict[str, Any]) -> None:
     require("seccomp")
     assert attempts["inet_socket"].startswith("denied")
     assert attempts["inet6_socket"].startswith("denied")
+    # No new sockets at all (a 0o777 Unix socket of another service would be reachable);
+    # a connected stream socketpair stays usable for in-process plumbing.
+    assert attempts["unix_socket"] == "denied (EPERM)"
+    assert attempts["unix_dgram_pair"] == "denied (EPERM)"
+    assert attempts["unix_stream_pair"] == "allowed"
     assert attempts["fork"] == "denied (EPERM)"
     assert attempts["exec"] == "denied (EPERM)"
     require("landlock")
@@ -136,6 +143,17 @@ def test_in_process_policy_layer_is_active(live_host: object) -> None:
     assert status["Seccomp"] == "2" and status["NoNewPrivs"] == "1"
 
 
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """The CLI configures structlog and the root logger globally: put them back after."""
+    config = structlog.get_config()
+    handlers = logging.getLogger().handlers[:]
+    yield
+    structlog.configure(**config)
+    logging.getLogger().handlers[:] = handlers
+
+
+@pytest.mark.usefixtures("restore_logging")
 def test_sandbox_check_cli_json() -> None:
     result = CliRunner().invoke(cli, ["--json", "sandbox-check"])
     assert result.exit_code == 0, result.output

@@ -384,10 +384,21 @@ class Plugin:
     assert not Path("/tmp/evil.db").exists()
 
 
-def test_ctx_log_reaches_structlog_tagged(env: Env) -> None:
-    with structlog.testing.capture_logs() as logs:
-        host = env.spawn(
-            """
+@pytest.fixture
+def logs() -> Iterator[list[dict[str, Any]]]:
+    """Every structlog record, at every level, whatever another test configured before."""
+    config = structlog.get_config()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(0))
+    try:
+        with structlog.testing.capture_logs() as records:
+            yield records
+    finally:
+        structlog.configure(**config)
+
+
+def test_ctx_log_reaches_structlog_tagged(env: Env, logs: list[dict[str, Any]]) -> None:
+    host = env.spawn(
+        """
 class Plugin:
     def setup(self, ctx):
         self.log = ctx.log
@@ -397,8 +408,8 @@ class Plugin:
         print("to stdout")
         return 1
 """
-        )
-        assert host.call({}, request_id="log-1") == 1
+    )
+    assert host.call({}, request_id="log-1") == 1
     by_event = {r["event"]: r for r in logs}
     assert by_event["setup.done"]["n"] == 1
     handled = by_event["handled"]
@@ -661,7 +672,7 @@ def test_closing_the_spawner_kills_and_reaps_its_hosts(tmp_path: Path) -> None:
         host.stop()  # still safe after the template is gone
 
 
-def test_call_in_flight_when_stopped_reports_the_stop(env: Env) -> None:
+def test_call_in_flight_when_stopped_reports_the_stop(env: Env, logs: list[dict[str, Any]]) -> None:
     host = env.spawn(
         """
 import time
@@ -681,12 +692,11 @@ class Plugin:
         except PlugvisorError as exc:
             errors.append(exc)
 
-    with structlog.testing.capture_logs() as logs:
-        caller = threading.Thread(target=call)
-        caller.start()
-        # The parent emits the plugin's record once the call is running in the child.
-        assert wait_until(lambda: any(r["event"] == "sleeping" for r in logs))
-        host.stop(grace=0.1)
+    caller = threading.Thread(target=call)
+    caller.start()
+    # The parent emits the plugin's record once the call is running in the child.
+    assert wait_until(lambda: any(r["event"] == "sleeping" for r in logs))
+    host.stop(grace=0.1)
     caller.join(5)
     assert not caller.is_alive()
     assert errors and errors[0].code == "plugin.crashed"
