@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -385,7 +385,7 @@ class Plugin:
 
 
 @pytest.fixture
-def logs() -> Iterator[list[dict[str, Any]]]:
+def logs() -> Iterator[list[MutableMapping[str, Any]]]:
     """Every structlog record, at every level, whatever another test configured before."""
     config = structlog.get_config()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(0))
@@ -396,7 +396,7 @@ def logs() -> Iterator[list[dict[str, Any]]]:
         structlog.configure(**config)
 
 
-def test_ctx_log_reaches_structlog_tagged(env: Env, logs: list[dict[str, Any]]) -> None:
+def test_ctx_log_reaches_structlog_tagged(env: Env, logs: list[MutableMapping[str, Any]]) -> None:
     host = env.spawn(
         """
 class Plugin:
@@ -672,7 +672,9 @@ def test_closing_the_spawner_kills_and_reaps_its_hosts(tmp_path: Path) -> None:
         host.stop()  # still safe after the template is gone
 
 
-def test_call_in_flight_when_stopped_reports_the_stop(env: Env, logs: list[dict[str, Any]]) -> None:
+def test_call_in_flight_when_stopped_reports_the_stop(
+    env: Env, logs: list[MutableMapping[str, Any]]
+) -> None:
     host = env.spawn(
         """
 import time
