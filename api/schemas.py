@@ -204,8 +204,10 @@ class VersionSchema(Schema):
     digest = fields.String(allow_none=True)
     keyid = fields.String(allow_none=True)
     profile = fields.String(allow_none=True)
-    created = fields.Raw(allow_none=True)
-    review = fields.Dict(keys=fields.String(), allow_none=True)
+    created = fields.String(allow_none=True, metadata={"format": "date-time"})
+    review = fields.Dict(
+        keys=fields.String(), allow_none=True, metadata={"description": "{by, reason, at}"}
+    )
 
 
 class PluginSchema(Schema):
@@ -214,9 +216,16 @@ class PluginSchema(Schema):
     name = fields.String(required=True)
     active_version = fields.String(allow_none=True)
     previous_version = fields.String(allow_none=True)
+    highest_version = fields.String(
+        metadata={"description": "Highest version ever accepted (uploads must exceed it)."}
+    )
     disabled = fields.Boolean()
     disabled_reason = fields.String(allow_none=True)
     versions = fields.List(fields.Nested(VersionSchema))
+    events = fields.List(
+        fields.Dict(keys=fields.String()),
+        metadata={"description": "GET /api/plugins/NAME only: the latest state changes."},
+    )
 
 
 class PluginListSchema(Schema):
