@@ -86,6 +86,9 @@ class PluginSlot:
     watch: Watch | None = None
     #: The version the registry names active (also when not running).
     version: str | None = None
+    #: When a ``down`` slot is tried again (monitor), and the current back-off.
+    retry_at: float = 0.0
+    retry_delay: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -310,27 +313,57 @@ class Supervisor:
             except OSError as exc:
                 self.route(slot, None, SlotState.DOWN, f"cannot read version: {exc}")
         graph = {n: {r for r in i.requires if r in infos} for n, i in infos.items()}
+        try:
+            order = list(graphlib.TopologicalSorter(graph).static_order())
+        except graphlib.CycleError as exc:
+            # A requirement cycle: start by name; the members whose requirement is not
+            # running yet stay down and are retried by the monitor.
+            _log.error("requirement_cycle", cycle=list(exc.args[1]))
+            order = sorted(infos)
         result: dict[str, str] = {}
-        for name in graphlib.TopologicalSorter(graph).static_order():
+        for name in order:
             info = infos[name]
             slot = self.slot(name, create=True)
             assert slot is not None
-            missing = [
-                r for r in info.requires
-                if (s := self.slots.get(r)) is None or s.state is not SlotState.ACTIVE
-            ]  # fmt: skip
-            if missing:
-                self.route(
-                    slot, None, SlotState.DOWN, f"requires {', '.join(missing)}, not running"
-                )
-            else:
-                self._start_slot(slot, info)
+            self._start_if_ready(slot, info)
             result[name] = slot.state.value
             kind = "started" if slot.state is SlotState.ACTIVE else "start_failed"
             self.event(
                 name, kind, to_version=info.version, outcome=slot.state.value, reason=slot.reason
             )
         return result
+
+    def _start_if_ready(self, slot: PluginSlot, info: _VersionInfo) -> None:
+        """Start ``slot`` when every plugin it requires is running; else leave it down."""
+        missing = [
+            r for r in info.requires
+            if (s := self.slots.get(r)) is None or s.state is not SlotState.ACTIVE
+        ]  # fmt: skip
+        if missing:
+            reason = f"requires {', '.join(missing)}, not running"
+            self.route(slot, None, SlotState.DOWN, reason, info.version)
+        else:
+            self._start_slot(slot, info)
+
+    def _retry_down(self, slot: PluginSlot) -> None:
+        """Try again to start a plugin that is down (start failure, requirement down)."""
+        if not slot.swap_lock.acquire(blocking=False):
+            return  # a swap, enable or disable is on it
+        try:
+            if slot.state is not SlotState.DOWN or not slot.version or self._stop.is_set():
+                return
+            try:
+                info = self.version_info(slot.name, slot.version)
+            except (PlugvisorError, OSError) as exc:
+                self.route(slot, None, SlotState.DOWN, f"cannot read version: {exc}")
+                return
+            self._start_if_ready(slot, info)
+        finally:
+            slot.swap_lock.release()
+        if slot.state is SlotState.ACTIVE:
+            slot.retry_delay = 0.0
+            self.event(slot.name, "started", to_version=slot.version, outcome="active",
+                       reason="retried")  # fmt: skip
 
     def _start_slot(self, slot: PluginSlot, info: _VersionInfo) -> None:
         try:
@@ -536,6 +569,14 @@ class Supervisor:
         for slot in list(self.slots.values()):
             pool = slot.pool
             if pool is None:
+                if slot.state is SlotState.DOWN and slot.version and now >= slot.retry_at:
+                    cap = self.settings.restart_backoff_max_s
+                    slot.retry_delay = min(cap, max(0.5, slot.retry_delay * 2))
+                    slot.retry_at = now + slot.retry_delay
+                    threading.Thread(
+                        target=self._retry_down, args=(slot,), name=f"retry-{slot.name}",
+                        daemon=True,
+                    ).start()  # fmt: skip
                 continue
             try:
                 pool.reap()

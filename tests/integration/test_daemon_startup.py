@@ -50,6 +50,9 @@ def test_dependencies_order_start_up_and_guard_swaps(daemon_kit):
     with pytest.raises(PlugvisorError) as exc:
         client.call("app", {})
     assert "base" in exc.value.message
+    # Enabling the requirement brings the dependent up by itself (the monitor retries).
+    assert kit.command("enable", name="base")["result"]["outcome"] == "active"
+    kit.wait_for(lambda: _call_code(client, "app") == "ok", 15, "app to start after base")
 
 
 def _tamper(kit, digest, name):
