@@ -237,8 +237,11 @@ class FindingSchema(Schema):
     severity = fields.String(required=True)
     file = fields.String(allow_none=True)
     line = fields.Integer(allow_none=True)
-    cwe = fields.String(allow_none=True)
+    cwe = fields.String(allow_none=True, metadata={"example": "CWE-78"})
     message = fields.String(allow_none=True)
+    name = fields.String(allow_none=True, metadata={"description": "The rule's readable name."})
+    owasp = fields.String(allow_none=True, metadata={"description": "OWASP Top 10 category."})
+    tool = fields.String(allow_none=True, metadata={"description": "bandit or compliance."})
 
 
 class ViolationSchema(Schema):
@@ -270,6 +273,14 @@ class AuditReportSchema(Schema):
     findings = fields.List(fields.Nested(FindingSchema), required=True)
     violations = fields.List(fields.Nested(ViolationSchema), required=True)
     security_log = fields.Nested(ChainSchema, required=True)
+    scan = fields.Dict(
+        keys=fields.String(),
+        allow_none=True,
+        metadata={"description": "Scan metadata: files, duration, tools, counts, threshold."},
+    )
+    review = fields.Dict(
+        keys=fields.String(), metadata={"description": "An admin's decision: {by, reason, at}."}
+    )
 
 
 class ReviewResultSchema(Schema):

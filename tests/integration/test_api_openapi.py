@@ -15,9 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from openapi_schema_validator import OAS30Validator
 from openapi_spec_validator import validate
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT4
 
 from plugvisor.api.testkit import ApiKit
+from plugvisor.state.registry import VersionStatus
+from plugvisor.state.security_log import SecurityLog
 from plugvisor.state.tokens import Role
 
 
@@ -140,3 +145,59 @@ def test_admin_script_is_valid_javascript(kit: ApiKit, tmp_path: Path) -> None:
     path.write_text(script.group(1))
     check = subprocess.run([node, "--check", str(path)], capture_output=True, text=True, timeout=30)
     assert check.returncode == 0, check.stderr
+
+
+def test_answers_match_their_documented_schemas(kit: ApiKit, spec: dict[str, Any]) -> None:
+    """Each answer's status is documented, and its body validates against that schema."""
+    registry = Registry().with_resource(
+        "urn:spec", Resource.from_contents(spec, default_specification=DRAFT4)
+    )
+    kit.add_version("greeter", "1.0.0", activate=True)
+    finding = {
+        "rule": "PV103", "name": "forbidden_operation", "severity": "high", "confidence": "high",
+        "file": "greeter/__init__.py", "line": 3, "message": "subprocess is forbidden",
+        "cwe": 78, "owasp": "A03:2021-Injection", "tool": "compliance",
+    }  # fmt: skip
+    kit.add_version("greeter", "1.1.0", VersionStatus.review)
+    kit.add_version("risky", "0.1.0", VersionStatus.review, report={"findings": [finding]})
+    SecurityLog(kit.layout.security_log).record(
+        "greeter", "1.0.0", "r1", "policy.forbidden", "socket()", "blocked"
+    )
+    viewer, op, admin = (kit.auth(r) for r in (Role.VIEWER, Role.OPERATOR, Role.ADMIN))
+    started = kit.client.post("/api/plugins/audit", json={"name": "greeter"}, headers=op)
+    job_id = started.get_json()["job_id"]
+    calls: list[tuple[str, str, str, dict[str, Any]]] = [
+        ("get", "/api/plugins", "/api/plugins", {"headers": viewer}),
+        ("get", "/api/plugins/greeter", "/api/plugins/{name}", {"headers": viewer}),
+        ("get", "/api/plugins/nosuch", "/api/plugins/{name}", {"headers": viewer}),
+        ("get", "/api/plugins/audit?name=greeter", "/api/plugins/audit", {"headers": viewer}),
+        ("get", "/api/plugins/audit", "/api/plugins/audit", {"headers": viewer}),
+        ("get", "/api/plugins/audit?name=risky", "/api/plugins/audit", {"headers": viewer}),
+        ("post", "/api/plugins/audit", "/api/plugins/audit",
+         {"headers": op, "json": {"name": "greeter", "version": "1.1.0"}}),
+        ("post", "/api/plugins/reload", "/api/plugins/reload", {"headers": op, "json": {}}),
+        ("post", "/api/plugins/greeter/review", "/api/plugins/{name}/review",
+         {"headers": admin, "json": {"version": "1.0.0", "decision": "approve", "reason": "x"}}),
+        ("get", f"/api/jobs/{job_id}", "/api/jobs/{job_id}", {"headers": viewer}),
+        ("get", "/api/jobs?state=queued", "/api/jobs", {"headers": viewer}),
+        ("get", "/api/health", "/api/health", {}),
+        ("get", "/api/security-log", "/api/security-log", {"headers": viewer}),
+        ("get", "/api/keys", "/api/keys", {"headers": viewer}),
+        ("get", "/api/plugins", "/api/plugins", {}),
+        ("post", "/api/plugins", "/api/plugins", {"headers": op}),
+        ("post", "/api/plugins/greeter/call", "/api/plugins/{name}/call",
+         {"headers": op, "json": {"x": 1}}),
+    ]  # fmt: skip
+    for method, url, template, kwargs in calls:
+        resp = getattr(kit.client, method)(url, **kwargs)
+        documented = spec["paths"][template][method]["responses"]
+        assert str(resp.status_code) in documented, (method, url, resp.status_code)
+        schema = documented[str(resp.status_code)]["content"]["application/json"]["schema"]
+        ref = "urn:spec" + schema["$ref"] if "$ref" in schema else None
+        validator = OAS30Validator({"$ref": ref} if ref else schema, registry=registry)
+        body = resp.get_json()
+        errors = [e.message for e in validator.iter_errors(body)]
+        assert not errors, (method, url, resp.status_code, errors)
+        if url.endswith("name=risky"):
+            assert body["findings"][0]["cwe"] == "CWE-78"
+            assert body["violations"] == [], "the log entry belongs to greeter"
