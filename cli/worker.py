@@ -27,7 +27,12 @@ __all__ = ["worker"]
     show_default=True,
     help="prefork runs tasks in child processes (hard time limits work); solo in this one.",
 )
-@click.option("-n", "--hostname", default=None, help="Worker node name (default celery@HOST).")
+@click.option(
+    "-n",
+    "--hostname",
+    default=None,
+    help="Worker node name, unique per broker (default worker-PID@HOST).",
+)
 @pass_cli
 def worker(ctx: CliContext, concurrency: int | None, pool: str, hostname: str | None) -> None:
     """Run a worker: consumes jobs from the broker the settings select, until stopped."""

@@ -64,6 +64,11 @@ class Settings:
     broker_polling_interval: float = _s(
         0.05, "Seconds between polls of the embedded SQLite broker (lower = faster, more CPU)."
     )
+    job_queue: str = _s(
+        "plugvisor.jobs",
+        "Broker queue of the job tasks (workers consume it). Distinct per deployment "
+        "when several share one RabbitMQ vhost.",
+    )
     log_level: str = _s("info", "Minimum level of structured log records (debug, info, ...).")
     log_format: str = _s("json", "json (one object per line, for shipping) or console.")
     max_unpacked_bytes: int = _s(10 * 1024**2, "Largest unpacked plugin archive.", "size")

@@ -15,6 +15,7 @@ plugvisor.workers.app`` finds ``app`` through a lazy module ``__getattr__`` buil
 from __future__ import annotations
 
 import os
+import socket
 import threading
 from typing import Any
 
@@ -28,7 +29,6 @@ from plugvisor.core.log import configure_logging, get_logger
 from plugvisor.state.layout import StateLayout
 
 __all__ = [
-    "JOB_QUEUE",
     "PlugvisorCelery",
     "broker_urls",
     "default_concurrency",
@@ -36,9 +36,6 @@ __all__ = [
     "make_celery",
     "run_worker",
 ]
-
-#: The queue every job task goes to (the control plane uses its own, ``plugvisor.control``).
-JOB_QUEUE = "plugvisor.jobs"
 
 
 class PlugvisorCelery(Celery):  # type: ignore[misc]  # celery ships no type hints
@@ -105,9 +102,9 @@ def make_celery(settings: Settings) -> PlugvisorCelery:
         "task_track_started": True,
         "result_extended": True,
         "result_expires": 7 * 24 * 3600,
-        "task_default_queue": JOB_QUEUE,
-        "task_default_exchange": JOB_QUEUE,
-        "task_default_routing_key": JOB_QUEUE,
+        "task_default_queue": settings.job_queue,
+        "task_default_exchange": settings.job_queue,
+        "task_default_routing_key": settings.job_queue,
         # Messages are written to disk by RabbitMQ (persistent delivery mode).
         "task_default_delivery_mode": "persistent",
         # Our structured logging owns the root logger (configure_logging per process).
@@ -203,8 +200,10 @@ def run_worker(
     worker = app.Worker(
         concurrency=concurrency or default_concurrency(),
         pool_cls=pool,
-        hostname=hostname,
-        queues=[JOB_QUEUE],
+        # Node names must be unique per broker: two workers named celery@HOST on one
+        # RabbitMQ make the second die on its exclusive remote-control queue.
+        hostname=hostname or f"worker-{os.getpid()}@{socket.gethostname()}",
+        queues=[settings.job_queue],
         loglevel=settings.log_level.upper(),
         # No fanout on the embedded broker; on AMQP, the cluster-sync chatter is not
         # needed either (workers share nothing but the broker and the registry).

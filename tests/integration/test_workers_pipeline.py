@@ -14,11 +14,14 @@ import os
 import subprocess
 import tarfile
 import textwrap
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from celery.exceptions import TimeoutError as CeleryTimeout
 
 from plugvisor.core.archive import pack
 from plugvisor.core.config import Settings, load_settings
@@ -102,8 +105,21 @@ class WorkerKit:
         return pack(src, key or self.key, out)
 
     def upload(self, archive: Path, key: str | None = None) -> Any:
-        job_id = start_job(self.settings, "upload", {"archive": str(archive)}, key)
-        return wait_for_job(self.settings, job_id, JOB_TIMEOUT)
+        return self.wait(start_job(self.settings, "upload", {"archive": str(archive)}, key))
+
+    def wait(self, job_id: str) -> Any:
+        """The finished job record; fails at once (with the worker's log) if the worker died."""
+        deadline = time.monotonic() + JOB_TIMEOUT
+        while True:
+            try:
+                return wait_for_job(self.settings, job_id, timeout=0.5)
+            except JobError as err:
+                if err.code != "job.timeout":
+                    raise
+            if self.proc.poll() is not None:
+                pytest.fail(f"worker exited with {self.proc.returncode}:\n{self.worker_log()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"job {job_id} not finished after {JOB_TIMEOUT} s\n{self.worker_log()}")
 
     def worker_log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
@@ -115,7 +131,16 @@ def _start_worker(root: Path, env_extra: dict[str, str]) -> tuple[subprocess.Pop
     log_path = root.parent / "worker.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [str(PLUGVISOR), "--state-dir", str(root), "worker", "--concurrency", "1"],
+            [
+                str(PLUGVISOR),
+                "--state-dir",
+                str(root),
+                "worker",
+                "--concurrency",
+                "1",
+                "--hostname",
+                f"test-{uuid.uuid4().hex[:12]}@%h",
+            ],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -137,9 +162,12 @@ def kit(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[WorkerKit]:
     """One worker per broker for the module (start-up ~1 s; the tests share it)."""
+    # Own queue and node name: other suites (or engineers) may share the RabbitMQ broker.
+    queue = f"plugvisor.jobs.test-{uuid.uuid4().hex[:12]}"
     env_extra = {
         "PLUGVISOR_BROKER_POLLING_INTERVAL": "0.01",
         "PLUGVISOR_LOG_FORMAT": "console",
+        "PLUGVISOR_JOB_QUEUE": queue,
     }
     if request.param == "rabbitmq":
         try:
@@ -153,6 +181,7 @@ def kit(
         "state_dir": str(root),
         "broker_polling_interval": 0.01,
         "broker_url": env_extra.get("PLUGVISOR_BROKER_URL", ""),
+        "job_queue": queue,
     }
     settings = load_settings(overrides, env={})
     StateLayout(root).ensure()
@@ -264,8 +293,16 @@ def _send(kit: WorkerKit, task: str, job_id: str) -> dict[str, Any]:
     """Deliver one task message for ``job_id`` again, as a redelivery would; its return."""
     app = get_app(kit.settings)
     result = app.send_task(TASK_NAMES[task], args=(job_id,))
-    value: dict[str, Any] = result.get(timeout=JOB_TIMEOUT, interval=0.01)
-    return value
+    deadline = time.monotonic() + JOB_TIMEOUT
+    while True:
+        try:
+            value: dict[str, Any] = result.get(timeout=0.5, interval=0.01)
+            return value
+        except CeleryTimeout:
+            if kit.proc.poll() is not None:
+                pytest.fail(f"worker exited with {kit.proc.returncode}:\n{kit.worker_log()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"{task} for {job_id} got no result in {JOB_TIMEOUT} s")
 
 
 def test_redelivered_tasks_do_not_repeat_their_effect(kit: WorkerKit) -> None:
@@ -328,7 +365,7 @@ def test_idempotency_key_returns_the_same_job(kit: WorkerKit) -> None:
     first = start_job(kit.settings, "upload", {"archive": str(archive)}, "upload-key-1")
     second = start_job(kit.settings, "upload", {"archive": str(archive)}, "upload-key-1")
     assert first == second
-    job = wait_for_job(kit.settings, first, JOB_TIMEOUT)
+    job = kit.wait(first)
     _assert_succeeded(kit, job)
     assert [s["attempt"] for s in job.steps] == [1, 1]
 
@@ -338,7 +375,7 @@ def test_review_decision_is_recorded(kit: WorkerKit) -> None:
     name = upload.result["name"]
     params = {"name": name, "version": "1.0.0", "decision": "approve", "by": "alice",
               "reason": "shelling out is this plugin's documented purpose"}  # fmt: skip
-    job = wait_for_job(kit.settings, start_job(kit.settings, "review", params), JOB_TIMEOUT)
+    job = kit.wait(start_job(kit.settings, "review", params))
     _assert_succeeded(kit, job)
     assert job.result["status"] == "approved"
     with kit.registry() as reg:
@@ -347,7 +384,7 @@ def test_review_decision_is_recorded(kit: WorkerKit) -> None:
     assert record.review_reason == params["reason"]
     # A second decision on a version no longer in review is refused, naming the rule.
     again = dict(params, decision="reject", by="bob")
-    job2 = wait_for_job(kit.settings, start_job(kit.settings, "review", again), JOB_TIMEOUT)
+    job2 = kit.wait(start_job(kit.settings, "review", again))
     assert job2.status is JobStatus.failed
     assert job2.error is not None
     assert job2.error["code"] == "conflict.not_in_review"
@@ -358,7 +395,7 @@ def test_audit_rescans_and_refreshes_the_report(kit: WorkerKit) -> None:
     name = upload.result["name"]
     with kit.registry() as reg:
         reg.set_report(name, "1.0.0", {"findings": [], "stale": True})
-    job = wait_for_job(kit.settings, start_job(kit.settings, "audit", {"name": name}), JOB_TIMEOUT)
+    job = kit.wait(start_job(kit.settings, "audit", {"name": name}))
     _assert_succeeded(kit, job)
     [audited] = job.result["audited"]
     assert audited["name"] == name and audited["findings"] == upload.result["findings"]
@@ -396,7 +433,7 @@ def test_job_stranded_by_a_killed_worker_is_recovered(kit: WorkerKit) -> None:
     # Every running job counts as stale with a zero time limit and grace (no waiting).
     stale = kit.settings.with_overrides(job_time_limit_s=0.0)
     assert job.id in recover_stale_jobs(stale, grace_s=0.0)
-    done = wait_for_job(kit.settings, job.id, JOB_TIMEOUT)
+    done = kit.wait(job.id)
     _assert_succeeded(kit, done)
     assert done.result["status"] == "approved"
     assert done.steps[0]["attempt"] == 2
