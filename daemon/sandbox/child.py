@@ -24,12 +24,14 @@ from typing import Any, Protocol
 from plugvisor.core.errors import BudgetExceeded, PlugvisorError
 from plugvisor.daemon.sandbox.lockdown import arm_cpu_limit
 from plugvisor.daemon.sandbox.protocol import (
+    FRAME_SLACK,
     PROTOCOL_VERSION,
     FrameReader,
     FrameType,
     PeerClosed,
     error_envelope,
     ok_envelope,
+    request_cap,
     send_frame,
 )
 
@@ -99,8 +101,9 @@ class _Database:
 
     Error = DatabaseError
 
-    def __init__(self, chan: _Channel) -> None:
+    def __init__(self, chan: _Channel, limit: int) -> None:
         self._chan = chan
+        self._limit = limit
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[list[Any]]:
         if not isinstance(sql, str):
@@ -109,7 +112,10 @@ class _Database:
             payload = json.dumps({"sql": sql, "params": list(params)}, separators=(",", ":"))
         except (TypeError, ValueError) as exc:
             raise TypeError(f"ctx.db.execute: params must be JSON values: {exc}") from None
-        self._chan.send(FrameType.DB, payload.encode())
+        data = payload.encode()
+        if len(data) > self._limit:
+            raise DatabaseError(f"query and parameters exceed {self._limit} bytes")
+        self._chan.send(FrameType.DB, data)
         frame = self._chan.reader.read()
         if frame.ftype != FrameType.DB_RESULT:
             raise PeerClosed(f"expected DB_RESULT, got frame type {frame.ftype}")
@@ -270,7 +276,7 @@ def serve(
     install_policy: InstallPolicy,
 ) -> int:
     """Say HELLO, install the policy, import the plugin, run setup(), serve; the exit code."""
-    cap = max(cfg.max_response_bytes, 1 << 20) + 65536
+    cap = request_cap(cfg.max_response_bytes) + FRAME_SLACK
     chan = _Channel(sock, cap)
     hello = {"protocol": PROTOCOL_VERSION, "pid": os.getpid(), "rss": _rss(), **hello}
     chan.send_json(FrameType.HELLO, hello)
@@ -295,7 +301,9 @@ def serve(
     log = _Log(chan)
     sys.stdout = _StdStream(log, "stdout")
     sys.stderr = _StdStream(log, "stderr")
-    ctx = PluginContext(_Database(chan), log, cfg.data_dir, dict(cfg.config))
+    ctx = PluginContext(
+        _Database(chan, request_cap(cfg.max_response_bytes)), log, cfg.data_dir, dict(cfg.config)
+    )
 
     def load_and_setup() -> Any:
         target = policy.load_plugin(cfg.entrypoint)

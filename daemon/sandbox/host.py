@@ -45,6 +45,7 @@ from plugvisor.core.log import get_logger
 from plugvisor.daemon.sandbox.layers import LayerReport, LayerStatus
 from plugvisor.daemon.sandbox.monitor import ResourceMonitor
 from plugvisor.daemon.sandbox.protocol import (
+    FRAME_SLACK,
     PROTOCOL_VERSION,
     Frame,
     FrameReader,
@@ -54,6 +55,7 @@ from plugvisor.daemon.sandbox.protocol import (
     SpawnOrder,
     check_hello,
     error_envelope,
+    request_cap,
     send_frame,
 )
 
@@ -64,10 +66,8 @@ ViolationCallback = Callable[[str, str, str, str], None]
 _log = get_logger("plugvisor.sandbox")
 _plugin_log = get_logger("plugvisor.plugin")
 
-#: Bytes a response envelope adds around the plugin's result JSON.
-_ENVELOPE_SLACK = 64 * 1024
-#: Largest ctx.db request / log frame the parent accepts from a child.
-_AUX_FRAME_CAP = 1 << 20
+#: Largest HELLO frame (the layer report).
+_HELLO_CAP = 64 * 1024
 #: ctx.db file size cap (SQLite max_page_count), so a plugin cannot fill the disk.
 _DB_MAX_BYTES = 256 * 1024**2
 #: Log records and violations accepted per request; the rest are counted and dropped.
@@ -136,8 +136,8 @@ class _Violations:
                 self.security_log.record(
                     spec.plugin, spec.version, request_id, kind, detail, action
                 )
-            except (OSError, ValueError, PlugvisorError) as exc:
-                _log.error("sandbox.security_log_failed", error=str(exc), kind=kind)
+            except Exception:  # the call path must survive a broken log; say so loudly
+                _log.exception("sandbox.security_log_failed", kind=kind)
         if self.on_violation is not None:
             try:
                 self.on_violation(spec.plugin, spec.version, kind, detail)
@@ -195,7 +195,12 @@ class _HostDatabase:
                         f"query result exceeds {self.max_bytes} bytes; select less"
                     )
                 rows.append(out)
-        return json.dumps({"rows": rows}, separators=(",", ":")).encode()
+        out = json.dumps({"rows": rows}, separators=(",", ":")).encode()
+        if len(out) > self.max_bytes:  # escaping can outgrow the estimate above
+            raise sqlite3.OperationalError(
+                f"query result exceeds {self.max_bytes} bytes; select less"
+            )
+        return out
 
     def close(self) -> None:
         if self.conn is not None:
@@ -254,7 +259,11 @@ class PluginHost:
         self._log_count = 0
         self._violation_count = 0
         self._request_id: str | None = None
-        self._reader = FrameReader(sock, spec.max_response_bytes + _ENVELOPE_SLACK)
+        #: Both sides read frames up to request_cap + slack (a ctx.db query may carry
+        #: parameters as large as a request); a RESULT is further held to the response cap.
+        self._request_cap = request_cap(spec.max_response_bytes)
+        self._reader = FrameReader(sock, self._request_cap + FRAME_SLACK)
+        self._result_cap = spec.max_response_bytes + FRAME_SLACK
         self._plugin_log = _plugin_log.bind(plugin=spec.plugin, version=spec.version)
         self.layers = LayerReport(())
         self.baseline_rss = 0
@@ -438,6 +447,13 @@ class PluginHost:
         *,
         violations: bool = True,
     ) -> bytes:
+        if len(payload) > self._request_cap:
+            raise error_from_dict(
+                {
+                    "code": "request.too_large",
+                    "message": f"request of {len(payload)} bytes exceeds {self._request_cap}",
+                }
+            )
         limit = float(self.spec.profile.max_execution_time)
         budget = limit if timeout is None else min(float(timeout), limit)
         with self._lock:
@@ -469,6 +485,10 @@ class PluginHost:
             while True:
                 frame = reader.read(deadline)
                 if frame.ftype == FrameType.RESULT and frame.seq == seq:
+                    if len(frame.payload) > self._result_cap:
+                        # The child's runtime checks this before sending: only a
+                        # subverted child gets here.
+                        raise FrameTooLarge(frame.ftype, len(frame.payload), self._result_cap)
                     return frame.payload
                 self._aux_frame(frame, seq, deadline, "request")
         except TimeoutError:
@@ -506,8 +526,6 @@ class PluginHost:
 
     def _aux_frame(self, frame: Frame, seq: int, deadline: float, phase: str) -> None:
         """Handle a frame that is not the awaited answer (db, log, violation)."""
-        if len(frame.payload) > _AUX_FRAME_CAP:
-            raise _ProtocolViolation(f"oversized {frame!r}")
         if frame.ftype == FrameType.LOG:
             self._on_log(frame)
         elif frame.ftype == FrameType.VIOLATION:
@@ -586,7 +604,7 @@ class PluginHost:
         seq = 0
         self._request_id = "setup"
         try:
-            hello_frame = self._reader.read(deadline, _AUX_FRAME_CAP)
+            hello_frame = self._reader.read(deadline, _HELLO_CAP)
             if hello_frame.ftype == FrameType.FAILED:
                 self._raise_failed(hello_frame)
             if hello_frame.ftype != FrameType.HELLO:

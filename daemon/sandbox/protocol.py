@@ -26,6 +26,7 @@ __all__ = [
     "HEADER",
     "PROTOCOL_VERSION",
     "Frame",
+    "FRAME_SLACK",
     "FrameReader",
     "FrameTooLarge",
     "FrameType",
@@ -36,6 +37,7 @@ __all__ = [
     "error_envelope",
     "ok_envelope",
     "read_frame",
+    "request_cap",
     "send_frame",
 ]
 
@@ -166,6 +168,15 @@ class FrameReader:
 def read_frame(sock: socket.socket, cap: int, deadline: float | None = None) -> Frame:
     """Read one frame with a throw-away reader (only where no bytes can follow it)."""
     return FrameReader(sock, cap).read(deadline)
+
+
+#: What a frame may carry beyond its payload limit (envelope, DB reply wrapper).
+FRAME_SLACK = 64 * 1024
+
+
+def request_cap(max_response_bytes: int) -> int:
+    """Largest request (and ctx.db reply) the child accepts: the caps of both sides agree."""
+    return max(max_response_bytes, 1 << 20)
 
 
 def ok_envelope(result_json: bytes) -> bytes:

@@ -703,3 +703,30 @@ class Plugin:
     assert not caller.is_alive()
     assert errors and errors[0].code == "plugin.crashed"
     assert "stopped" in errors[0].message
+
+
+def test_oversized_request_is_refused_before_sending(env: Env) -> None:
+    host = env.spawn(ECHO, max_response_bytes=1000)
+    big = b'"' + b"x" * (2 * 1024**2) + b'"'
+    envelope = host.call_raw(big, "req-big")
+    assert envelope.startswith(b'{"ok":false,"error":{"code":"request.too_large"')
+    assert host.call("small") == {"echo": "small"}  # the stream stayed in sync
+
+
+def test_db_reply_larger_than_the_cap_is_an_sql_error(env: Env) -> None:
+    host = env.spawn(
+        """
+class Plugin:
+    def setup(self, ctx):
+        self.db = ctx.db
+    def handle(self, request):
+        try:
+            self.db.execute("select ? from (select 1 union all select 2)", ["\\u0001" * 100000])
+        except self.db.Error as exc:
+            return "refused: %s" % exc
+        return "returned"
+""",
+        max_response_bytes=1000,
+    )
+    assert host.call({}).startswith("refused:")
+    assert host.call({}).startswith("refused:")  # and the channel is still in sync
