@@ -188,19 +188,19 @@ class _HostDatabase:
             if not batch:
                 break
             for row in batch:
-                out = [base64.b64encode(v).decode() if isinstance(v, bytes) else v for v in row]
-                size += sum(len(v) if isinstance(v, str) else 16 for v in out) + 8
+                values = [base64.b64encode(v).decode() if isinstance(v, bytes) else v for v in row]
+                size += sum(len(v) if isinstance(v, str) else 16 for v in values) + 8
                 if size > self.max_bytes:
-                    raise sqlite3.OperationalError(
-                        f"query result exceeds {self.max_bytes} bytes; select less"
-                    )
-                rows.append(out)
-        out = json.dumps({"rows": rows}, separators=(",", ":")).encode()
-        if len(out) > self.max_bytes:  # escaping can outgrow the estimate above
+                    break
+                rows.append(values)
+            if size > self.max_bytes:
+                break
+        reply = json.dumps({"rows": rows}, separators=(",", ":")).encode()
+        if size > self.max_bytes or len(reply) > self.max_bytes:  # escaping can outgrow size
             raise sqlite3.OperationalError(
                 f"query result exceeds {self.max_bytes} bytes; select less"
             )
-        return out
+        return reply
 
     def close(self) -> None:
         if self.conn is not None:

@@ -23,10 +23,10 @@ from typing import Any
 from plugvisor.core.errors import SandboxError
 
 __all__ = [
+    "FRAME_SLACK",
     "HEADER",
     "PROTOCOL_VERSION",
     "Frame",
-    "FRAME_SLACK",
     "FrameReader",
     "FrameTooLarge",
     "FrameType",
