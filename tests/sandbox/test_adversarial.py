@@ -198,6 +198,36 @@ def test_command_attack_creates_nothing(layered: Any, name: str) -> None:
     layered.assert_benign_still_works()
 
 
+def test_policy_cannot_be_switched_off(kit: Any) -> None:
+    """The in-process policy itself holds: no real getattr, no object walk, no silenced hook.
+
+    ``atk_policy_off`` evaluates a string annotation through ``typing.get_type_hints``
+    (which hands it the interpreter's real builtins), walks ``object.__subclasses__()`` to
+    ``os``'s namespace and ``sys.modules``, marks the policy's thread "busy" so the audit
+    hook ignores events, then runs ``os.system``. The OS layers stop the command either
+    way; this test asks that the policy refuses (and reports) the escape itself.
+    """
+    canary = kit.scratch_dir(0o777) / "canary"
+    request = {"action": "system", "canary": str(canary)}
+    _attack(kit, "atk_policy_off", request, frozenset({"policy.forbidden"}))
+    _assert_stays_absent(canary)
+    kit.assert_benign_still_works()
+
+
+def test_switched_off_policy_still_meets_the_os_layers(layered: Any) -> None:
+    """Past a silenced policy, a world-connectable Unix socket is still out of reach."""
+    _needs(layered, "seccomp")
+    address = str(layered.scratch_dir(0o777) / "control.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(address)
+        os.chmod(address, 0o777)
+        listener.listen(8)
+        _attack(layered, "atk_policy_off", {"action": "unix", "path": address}, REFUSED)
+        readable, _, _ = select.select([listener], [], [], 0.3)
+        assert readable == [], "the plugin connected to a Unix socket outside the sandbox"
+    layered.assert_benign_still_works()
+
+
 def test_fork_leaves_no_child(layered: Any) -> None:
     _needs(layered, "seccomp", "rlimits")
     canary = layered.scratch_dir(0o777) / "forked"
