@@ -485,8 +485,15 @@ def _check_file(
         return [_compliance("PV100", rel, exc.lineno or 1, f"{rel} does not parse: {exc.msg}", 0)]
     except (OSError, ValueError) as exc:  # ValueError: null bytes in source
         return [_compliance("PV100", rel, 1, f"{rel} cannot be read as Python: {exc}", 0)]
+    except (RecursionError, MemoryError):
+        return [_compliance("PV100", rel, 1, f"{rel} is nested too deeply to check", 674)]
     visitor = _ComplianceVisitor(rel, profile, own)
-    visitor.visit(tree)
+    try:
+        visitor.visit(tree)
+    except RecursionError:
+        # Nesting no honest plugin needs, built to exhaust a checker's stack: a finding,
+        # never a crashed scan that lets the file through unchecked.
+        return [_compliance("PV100", rel, 1, f"{rel} is nested too deeply to check", 674)]
     return visitor.finish()
 
 

@@ -320,3 +320,16 @@ def test_missing_root_is_a_state_error(tmp_path: Path, default_profile: Security
     with pytest.raises(StateError) as info:
         scan_tree(tmp_path / "nope", default_profile)
     assert info.value.code == "state.scan_root"
+
+
+def test_pathologically_nested_code_is_a_finding_not_a_crash(
+    tmp_path: Path, default_profile: SecurityProfile
+) -> None:
+    # Deep enough to exhaust a recursive visitor, shallow enough for CPython's parser.
+    depth = 5000
+    deep = "x = " + "-" * depth + "1\n"
+    _plugin(tmp_path, {"plug/__init__.py": deep, "plug/ok.py": "import subprocess\n"})
+    report = scan_tree(tmp_path, default_profile)
+    rules = {(f.rule, f.file) for f in report.findings}
+    assert ("PV100", "plug/__init__.py") in rules
+    assert ("PV103", "plug/ok.py") in rules  # the other files are still checked
