@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import signal
 import subprocess
 import tarfile
 import textwrap
@@ -73,6 +74,7 @@ class WorkerKit:
     untrusted_key: Path
     proc: subprocess.Popen[bytes]
     log_path: Path
+    env_extra: dict[str, str]
     _counter: int = 0
 
     @property
@@ -121,6 +123,14 @@ class WorkerKit:
             if time.monotonic() > deadline:
                 pytest.fail(f"job {job_id} not finished after {JOB_TIMEOUT} s\n{self.worker_log()}")
 
+    def crash_worker(self) -> None:
+        """SIGKILL the worker's whole process group, as a crash or the OOM killer would."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def start_worker(self) -> None:
+        self.proc, self.log_path = _start_worker(self.root, self.env_extra)
+
     def worker_log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
 
@@ -129,7 +139,7 @@ def _start_worker(root: Path, env_extra: dict[str, str]) -> tuple[subprocess.Pop
     env = {k: v for k, v in os.environ.items() if not k.startswith("PLUGVISOR_")}
     env.update(env_extra)
     log_path = root.parent / "worker.log"
-    with log_path.open("wb") as log:
+    with log_path.open("ab") as log:  # appended: a restarted worker keeps the history
         proc = subprocess.Popen(
             [
                 str(PLUGVISOR),
@@ -144,6 +154,7 @@ def _start_worker(root: Path, env_extra: dict[str, str]) -> tuple[subprocess.Pop
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: crash_worker() kills it whole
         )
     return proc, log_path
 
@@ -189,11 +200,11 @@ def kit(
     generate_keypair(base / "stranger")
     TrustStore(root).trust(base / "signer.pub")
     proc, log_path = _start_worker(root, env_extra)
-    kit = WorkerKit(root, settings, base / "signer", base / "stranger", proc, log_path)
+    kit = WorkerKit(root, settings, base / "signer", base / "stranger", proc, log_path, env_extra)
     try:
         yield kit
     finally:
-        _stop_worker(proc)
+        _stop_worker(kit.proc)
 
 
 def _assert_succeeded(kit: WorkerKit, job: Any) -> None:
@@ -453,3 +464,17 @@ def test_spooled_upload_is_removed_once_the_job_finished(kit: WorkerKit) -> None
     assert not good.exists() and not bad.exists()
     assert outside.exists()  # given by path, not spooled: not ours to remove
     assert Quarantine(kit.layout).list()[-1].archive is not None  # the refused copy stays
+
+
+def test_jobs_queued_while_the_worker_is_down_run_after_a_crash(kit: WorkerKit) -> None:
+    """Kept last in the module: it kills the shared worker and starts a new one."""
+    kit.crash_worker()
+    archives = [kit.build(CLEAN_SOURCE), kit.build(RISKY_SOURCE)]
+    job_ids = [start_job(kit.settings, "upload", {"archive": str(a)}) for a in archives]
+    with kit.registry() as reg:
+        assert [reg.get_job(j).status for j in job_ids] == [JobStatus.queued] * 2
+    kit.start_worker()
+    done = [kit.wait(j) for j in job_ids]
+    for job in done:
+        _assert_succeeded(kit, job)
+    assert [job.result["status"] for job in done] == ["approved", "review"]
