@@ -16,8 +16,9 @@ import os
 import resource
 import socket
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -83,9 +84,13 @@ class _Channel:
         self.sock = sock
         self.reader = FrameReader(sock, cap)
         self.seq = 0
+        # A plugin's own threads may log (or print) while the runtime answers: frames
+        # must not interleave, or the parent drops the host for a protocol violation.
+        self.lock = threading.RLock()
 
     def send(self, ftype: FrameType, payload: bytes = b"") -> None:
-        send_frame(self.sock, ftype, self.seq, payload)
+        with self.lock:
+            send_frame(self.sock, ftype, self.seq, payload)
 
     def send_json(self, ftype: FrameType, obj: Any) -> None:
         self.send(ftype, json.dumps(obj, separators=(",", ":"), default=str).encode())
@@ -94,7 +99,8 @@ class _Channel:
 class _Database:
     """``ctx.db``: queries run in the host against the plugin's own SQLite file.
 
-    ``execute(sql, params=()) -> list[list]``. BLOB values come back base64-encoded.
+    ``execute(sql, params=()) -> list[list]``; ``params`` a sequence (``?``) or a mapping
+    (``:name``) of JSON values. BLOB values come back base64-encoded.
     A budget breach raises :class:`BudgetExceeded` (``budget.db_queries``), an SQL error
     :class:`DatabaseError`; the plugin may catch either (the breach is logged anyway).
     """
@@ -105,18 +111,20 @@ class _Database:
         self._chan = chan
         self._limit = limit
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[list[Any]]:
+    def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[list[Any]]:
         if not isinstance(sql, str):
             raise TypeError("ctx.db.execute: sql must be a str")
+        args: Any = dict(params) if isinstance(params, Mapping) else list(params)
         try:
-            payload = json.dumps({"sql": sql, "params": list(params)}, separators=(",", ":"))
+            payload = json.dumps({"sql": sql, "params": args}, separators=(",", ":"))
         except (TypeError, ValueError) as exc:
             raise TypeError(f"ctx.db.execute: params must be JSON values: {exc}") from None
         data = payload.encode()
         if len(data) > self._limit:
             raise DatabaseError(f"query and parameters exceed {self._limit} bytes")
-        self._chan.send(FrameType.DB, data)
-        frame = self._chan.reader.read()
+        with self._chan.lock:
+            self._chan.send(FrameType.DB, data)
+            frame = self._chan.reader.read()
         if frame.ftype != FrameType.DB_RESULT:
             raise PeerClosed(f"expected DB_RESULT, got frame type {frame.ftype}")
         reply = frame.json()

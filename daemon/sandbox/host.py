@@ -176,7 +176,7 @@ class _HostDatabase:
     def _progress(self) -> int:
         return 1 if time.monotonic() > self.deadline else 0
 
-    def execute(self, sql: str, params: list[Any], deadline: float) -> bytes:
+    def execute(self, sql: str, params: list[Any] | dict[str, Any], deadline: float) -> bytes:
         """Run one statement; the reply frame payload (rows or error)."""
         self.deadline = deadline
         conn = self.conn or self._open()
@@ -545,8 +545,8 @@ class PluginHost:
         try:
             q = json.loads(frame.payload)
             sql, params = q["sql"], q["params"]
-            if not isinstance(sql, str) or not isinstance(params, list):
-                raise TypeError("sql must be a string and params a list")
+            if not isinstance(sql, str) or not isinstance(params, list | dict):
+                raise TypeError("sql must be a string and params a list or a mapping")
             return self._db.execute(sql, params, deadline)
         except (sqlite3.Error, ValueError, KeyError, TypeError, OverflowError) as exc:
             msg = str(exc)

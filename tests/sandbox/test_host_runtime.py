@@ -368,7 +368,7 @@ class Plugin:
             return refused
         out = []
         for i in range(request["n"]):
-            self.db.execute("insert into t0 values (?)", [i])
+            self.db.execute("insert into t0 values (:x)", {"x": i})
         return self.db.execute("select count(*), sum(x) from t0")
 """,
         profile=env.profile(max_db_queries=4),
@@ -730,3 +730,26 @@ class Plugin:
     )
     assert host.call({}).startswith("refused:")
     assert host.call({}).startswith("refused:")  # and the channel is still in sync
+
+
+def test_network_profile_gets_sockets_default_does_not(env: Env) -> None:
+    source = """
+import socket
+class Plugin:
+    def handle(self, request):
+        try:
+            socket.socket(socket.AF_INET, socket.SOCK_STREAM).close()
+            return "allowed"
+        except OSError as exc:
+            return "denied %d" % exc.errno
+"""
+    base = env.profile()
+    networked = dataclasses.replace(
+        base, forbidden_operations=base.forbidden_operations - {"network"}
+    )
+    open_host = env.spawn(source, profile=networked)
+    assert open_host.call({}) == "allowed"
+    assert not open_host.layers["netns"].active  # the profile allows network: reported
+    closed_host = env.spawn(source)
+    assert closed_host.call({}) == "denied 1"  # EPERM from seccomp
+    assert closed_host.layers["netns"].active
