@@ -34,6 +34,7 @@ from typing import Any
 
 import psutil
 import pytest
+import structlog
 
 from plugvisor.core.errors import PlugvisorError
 
@@ -353,12 +354,22 @@ def test_peer_environment_is_not_read(layered: Any, victim: Any) -> None:
     layered.assert_benign_still_works()
 
 
-@pytest.mark.parametrize("kind", ["root_only", "world_readable"])
+@pytest.mark.parametrize("kind", ["root_only", "world_readable", "other_plugin"])
 def test_secret_file_is_not_read(layered: Any, kind: str) -> None:
+    """A root-only file, a world-readable one, and another plugin's plugin.yaml (its config)."""
     token = uuid.uuid4().hex
-    secret = layered.scratch_dir(0o755) / "secret.txt"
-    secret.write_text(f"secret token {token}\n", encoding="utf-8")
-    os.chmod(secret, 0o600 if kind == "root_only" else 0o644)
+    if kind == "other_plugin":
+        # Another version in the store, with the store's modes (0o444 files, 0o555 dirs).
+        other = layered.code_dir("ok_echo")
+        secret = other / "plugin.yaml"
+        os.chmod(secret, 0o644)
+        with secret.open("a", encoding="utf-8") as fh:
+            fh.write(f"config:\n  api_key: {token}\n")
+        os.chmod(secret, 0o444)
+    else:
+        secret = layered.scratch_dir(0o755) / "secret.txt"
+        secret.write_text(f"secret token {token}\n", encoding="utf-8")
+        os.chmod(secret, 0o600 if kind == "root_only" else 0o644)
     host = layered.spawn("atk_read_file")
     try:
         result = host.call({"path": str(secret)}, request_id=_rid(), timeout=10.0)
@@ -367,7 +378,7 @@ def test_secret_file_is_not_read(layered: Any, kind: str) -> None:
         assert exc.code in REFUSED, exc
     else:
         leaked = token in json.dumps(result)
-        if leaked and kind == "world_readable":
+        if leaked and kind != "root_only":
             _needs(layered, "landlock")
         pytest.fail(f"read of a {kind} file outside the plugin succeeded (leaked={leaked})")
     layered.assert_benign_still_works()
@@ -463,6 +474,17 @@ def test_db_query_flood(kit: Any, catch: bool) -> None:
     new = _hits(db_path)[len(before) :]
     assert all(i < budget for i in new), f"queries beyond the budget ran: {new}"
     assert len(new) <= budget
+    kit.assert_benign_still_works()
+
+
+def test_db_size_is_bounded(kit: Any) -> None:
+    """One recursive INSERT of a gigabyte: refused or cut off; the files stay bounded."""
+    host = kit.spawn("atk_db_bloat", profile=kit.profile(max_execution_time=3.0))
+    codes = frozenset({"plugin.error", "budget.time"})
+    _attack(kit, "atk_db_bloat", {}, codes, host=host, timeout=15.0)
+    db_path = kit.layout.plugin_db("atk_db_bloat")
+    sizes = {p.name: p.stat().st_size for p in db_path.parent.glob(db_path.name + "*")}
+    assert sum(sizes.values()) <= 300 * MiB, f"ctx.db grew to {sizes}"
     kit.assert_benign_still_works()
 
 
@@ -706,6 +728,36 @@ def test_inherited_fds_hold_nothing(layered: Any, make_spawner: Callable[..., An
         for fd in (read_end, write_end, file_fd):
             os.close(fd)
     layered.assert_benign_still_works()
+
+
+def test_log_flood_is_bounded(kit: Any) -> None:
+    """5000 records of 100 kB in one request: the parent keeps a bounded number, stays small."""
+    sent = 5000
+    rss_before = psutil.Process().memory_info().rss
+    with structlog.testing.capture_logs() as records:
+        host = kit.spawn("atk_log_flood")
+        try:
+            host.call({"count": sent, "size": 100_000}, request_id=_rid(), timeout=30.0)
+        except PlugvisorError as exc:
+            assert exc.code in {"budget.time", "plugin.error", "policy.forbidden"}, exc
+    floods = [r for r in records if r.get("event") == "flood"]
+    assert len(floods) < sent, "every flood record reached the parent's log"
+    assert psutil.Process().memory_info().rss - rss_before < 200 * MiB
+    kit.assert_benign_still_works()
+
+
+def test_violation_flood_is_bounded(kit: Any) -> None:
+    """2000 caught violations in one request do not become 2000 security-log lines."""
+    host = kit.spawn("atk_violation_flood")
+    rid = _rid()
+    try:
+        host.call({"count": 2000}, request_id=rid, timeout=10.0)
+    except PlugvisorError as exc:
+        assert exc.code in REFUSED, exc
+    assert kit.wait_for_violation(rid) is not None, "the violations were not logged at all"
+    lines = [x for x in kit.security_lines() if x.get("request_id") == rid]
+    assert len(lines) <= 100, f"{len(lines)} security-log lines for one request"
+    kit.assert_benign_still_works()
 
 
 # ---- what the sandbox reports ------------------------------------------------------------------
