@@ -259,7 +259,19 @@ def start_job(
     record = registry.create_job(kind, params or {}, idempotency_key)
     # create_job returns the earlier record for a known key: enqueue only a new one.
     if record.created >= before or idempotency_key is None:
-        enqueue(settings, record)
+        try:
+            enqueue(settings, record)
+        except Exception as exc:
+            # Broker unreachable after the publish retries (kombu/amqp raise a variety
+            # of transport errors): the job must not sit "queued" forever with no message.
+            error = JobError(
+                "enqueue_failed",
+                f"job {record.id} could not be sent to the broker: {type(exc).__name__}: {exc}",
+                job_id=record.id,
+            )
+            registry.update_job(record.id, status=JobStatus.failed, error=error)
+            _log.error("job.enqueue_failed", job_id=record.id, error=str(exc))
+            raise error from exc
     return record.id
 
 

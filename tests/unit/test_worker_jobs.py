@@ -11,7 +11,7 @@ from plugvisor.core.config import Settings, load_settings
 from plugvisor.core.errors import JobError, SignatureError
 from plugvisor.state.registry import JobStatus
 from plugvisor.workers.app import broker_urls, make_celery
-from plugvisor.workers.jobs import JobFailed, JobRun, open_registry
+from plugvisor.workers.jobs import JobFailed, JobRun, open_registry, start_job
 from plugvisor.workers.tasks import TASK_NAMES
 
 
@@ -135,3 +135,15 @@ def test_celery_reliability_settings(settings: Settings) -> None:
     # Only create_engine() arguments may go to the SQLAlchemy transport.
     assert "polling_interval" not in conf.broker_transport_options
     assert set(TASK_NAMES.values()) <= set(app.tasks)
+
+
+def test_unreachable_broker_fails_the_job_instead_of_leaving_it_queued(
+    settings: Settings,
+) -> None:
+    down = settings.with_overrides(broker_url="amqp://guest:guest@127.0.0.1:1//")
+    with pytest.raises(JobError) as info:
+        start_job(down, "audit", {})
+    assert info.value.code == "job.enqueue_failed"
+    [job] = open_registry(settings).list_jobs()
+    assert job.status is JobStatus.failed
+    assert job.error is not None and job.error["code"] == "job.enqueue_failed"
