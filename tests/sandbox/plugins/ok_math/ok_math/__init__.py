@@ -1,5 +1,7 @@
 """Benign test plugin: decimal, fractions, statistics, math and a seeded random."""
 
+import array
+import cmath
 import math
 import random
 import statistics
@@ -25,4 +27,7 @@ class Plugin:
             "comb": math.comb(10, 3),
             "isqrt": math.isqrt(10**12 + 1),
             "seeded": random.Random(42).randint(1, 1000),
+            "complex": str(cmath.sqrt(-4)),
+            "phase": round(cmath.phase(complex(0, 1)), 6),
+            "array": array.array("h", [1, -2, 3]).tobytes().hex(),
         }
