@@ -27,6 +27,7 @@ from plugvisor.core.errors import (
     JobError,
     NotFoundError,
     PlugvisorError,
+    ProfileError,
 )
 from plugvisor.core.log import get_logger
 from plugvisor.core.profile import load_profile
@@ -217,7 +218,15 @@ def _scan(job: JobRun, settings: Settings) -> None:
 
     def scan(step: Step) -> dict[str, Any]:
         record = registry.get_version(name, version)
-        report = scan_version(settings, record)
+        try:
+            report = scan_version(settings, record)
+        except ProfileError as err:
+            # A version whose profile does not exist (or does not parse) can be neither
+            # checked nor sandboxed: refused for good, like an invalid archive.
+            if record.status is VersionStatus.review:
+                registry.set_status(name, version, VersionStatus.quarantined,
+                                    by=SCANNER_ACTOR, reason=str(err))  # fmt: skip
+            raise
         blocking = report.at_or_above(threshold)
         data = report.to_dict()
         data["threshold"] = str(threshold)

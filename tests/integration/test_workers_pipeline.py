@@ -91,6 +91,7 @@ class WorkerKit:
         name: str | None = None,
         version: str = "1.0.0",
         key: Path | None = None,
+        profile: str = "default",
     ) -> Path:
         """Write a plugin directory, pack and sign it; the archive path."""
         self._counter += 1
@@ -99,7 +100,7 @@ class WorkerKit:
         (src / name).mkdir(parents=True)
         (src / "plugin.yaml").write_text(
             f"name: {name}\nversion: {version}\napi: 1\nentrypoint: {name}:Plugin\n"
-            "profile: default\ndescription: test plugin\n"
+            f"profile: {profile}\ndescription: test plugin\n"
         )
         (src / name / "__init__.py").write_text(textwrap.dedent(source).lstrip())
         out = self.root.parent / "archives"
@@ -298,6 +299,17 @@ def test_tampered_archive_fails_with_archive_error(kit: WorkerKit) -> None:
     assert job.status is JobStatus.failed, job.to_dict()
     assert job.error["code"] in ("archive.hash_mismatch", "archive.size_mismatch"), job.error
     assert Quarantine(kit.layout).list()[-1].code == job.error["code"]
+
+
+def test_version_with_unknown_profile_is_quarantined(kit: WorkerKit) -> None:
+    job = kit.upload(kit.build(CLEAN_SOURCE, profile="nosuchprofile"))
+    assert job.status is JobStatus.failed, job.to_dict()
+    assert job.error["code"] == "profile.not_found"
+    assert [s["status"] for s in job.steps] == ["succeeded", "failed"]
+    with kit.registry() as reg:
+        record = reg.get_version(job.steps[0]["result"]["name"], "1.0.0")
+    assert record.status is VersionStatus.quarantined
+    assert record.review_by == "plugvisor-scan"
 
 
 def _send(kit: WorkerKit, task: str, job_id: str) -> dict[str, Any]:
