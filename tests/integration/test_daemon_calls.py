@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from plugvisor.client import Client
 from plugvisor.core.errors import PluginRuntimeError, PlugvisorError
 
 pytestmark = pytest.mark.slow
@@ -53,12 +54,18 @@ def test_call_roundtrip_refusals_and_clean_stop(daemon_kit):
     for t in threads:
         t.join()
     assert answers == {i: {"i": i} for i in range(8)}
+    stale = Client(sock, timeout=10)  # keeps its connection across the restart below
+    assert stale.call("greeter", {})["version"] == "1.0.0"
     assert daemon_kit.stop() == 0
     assert not sock.exists()
     assert not daemon_kit.layout.daemon_pid.exists()
     with pytest.raises(PluginRuntimeError) as exc:
         client.call("greeter", {})
     assert exc.value.code == "plugin.unavailable"
+    # A connection the daemon closed is replaced transparently once the daemon is back.
+    daemon_kit.start()
+    assert stale.call("greeter", {})["version"] == "1.0.0"
+    stale.close()
 
 
 def test_cli_call_prints_the_envelope_and_exit_code(daemon_kit):
