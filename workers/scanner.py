@@ -22,6 +22,7 @@ import enum
 import logging
 import os
 import re
+import stat
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -224,8 +225,11 @@ def scan_tree(root: Path, profile: SecurityProfile) -> ScanReport:
     for path in _walk(root):
         rel = path.relative_to(root).as_posix()
         rel_files.append(rel)
-        if path.is_symlink() or path.suffix in _OPAQUE_SUFFIXES:
-            kind = "symbolic link" if path.is_symlink() else f"{path.suffix} file"
+        mode = path.lstat().st_mode
+        if not stat.S_ISREG(mode) or path.suffix in _OPAQUE_SUFFIXES:
+            # Symlinks, FIFOs (reading one would block the scan) and compiled code are
+            # refused by the archive rules; a tree that has one anyway is a finding.
+            kind = f"{path.suffix} file" if stat.S_ISREG(mode) else "special file or link"
             findings.append(
                 _compliance("PV106", rel, 1, f"{kind} {rel} cannot be checked as source", 506)
             )

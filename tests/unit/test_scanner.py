@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 
@@ -256,11 +257,15 @@ def test_unparseable_and_opaque_files_are_findings(
     _plugin(tmp_path, {"plug/__init__.py": "x = 1\ndef broken(:\n", "plug/fast.py": "y = 2\n"})
     (tmp_path / "plug" / "_speedups.so").write_bytes(b"\x7fELF")
     (tmp_path / "plug" / "cached.pyc").write_bytes(b"\x00")
+    os.mkfifo(tmp_path / "plug" / "pipe.py")  # would block a scan that reads it
+    (tmp_path / "plug" / "link.py").symlink_to("/etc/passwd")
     report = scan_tree(tmp_path, default_profile)
     rules = {(f.rule, f.file, f.line) for f in report.findings}
     assert ("PV100", "plug/__init__.py", 2) in rules
     assert ("PV106", "plug/_speedups.so", 1) in rules
     assert ("PV106", "plug/cached.pyc", 1) in rules
+    assert ("PV106", "plug/pipe.py", 1) in rules
+    assert ("PV106", "plug/link.py", 1) in rules
     assert all(f.severity is Severity.HIGH for f in report.findings if f.rule in ("PV100", "PV106"))
 
 
