@@ -30,7 +30,7 @@ from plugvisor.daemon.callserver import CallServer
 from plugvisor.daemon.control import ControlPlane
 from plugvisor.daemon.metrics import DaemonMetrics
 from plugvisor.daemon.notify import Notifier
-from plugvisor.daemon.sandbox import Spawner
+from plugvisor.daemon.sandbox import Spawner, detect_layers
 from plugvisor.daemon.supervisor import Supervisor
 from plugvisor.daemon.swap import SwapEngine
 from plugvisor.state.layout import StateLayout
@@ -70,6 +70,7 @@ class Daemon:
             s, security_log=_security_log(self.layout), on_violation=self._on_violation
         )
         self.spawner.start()
+        self._report_layers()
         sup = self.supervisor = Supervisor(
             s, self.layout, self.registry, VersionStore(self.layout), self.spawner,
             metrics=self.metrics,
@@ -92,6 +93,13 @@ class Daemon:
             "daemon_ready", pid=os.getpid(), socket=str(self.layout.daemon_socket),
             plugins=started, metrics_port=port,
         )  # fmt: skip
+
+    def _report_layers(self) -> None:
+        """Log which sandbox layers this kernel enforces; a missing one is a warning."""
+        report = detect_layers(self.settings.sandbox_user)
+        for layer in report.inactive:
+            _log.warning("sandbox_layer_inactive", layer=layer.name, reason=layer.reason)
+        _log.info("sandbox_layers", layers={x.name: x.active for x in report})
 
     def _write_pid(self) -> None:
         pid_path = self.layout.daemon_pid
