@@ -439,6 +439,9 @@ _ATTR_BY_NAME = frozenset({"getattr", "setattr", "delattr", "hasattr", "builtins
                            "object.__getattribute__", "operator.attrgetter"})  # fmt: skip
 _ENCODED = re.compile(r"^(?:[A-Za-z0-9+/=_\-\s]{40,}|(?:[0-9a-fA-F]{2}|\\x[0-9a-fA-F]{2}){20,})$")
 _BUILTIN_NAMES = frozenset(dir(builtins))
+# A str.format replacement field ("{0.a.b}", "{x[k].attr!r}") and the attributes in it.
+_FORMAT_FIELD = re.compile(r"\{([^{}]*)\}")
+_FIELD_ATTR = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)")
 _WRITE_MODE = re.compile(r"[wax+]")
 
 _CWE_BY_OP: Mapping[str, int] = {
@@ -668,6 +671,14 @@ class _ComplianceVisitor(ast.NodeVisitor):
             self._add("PV104", node, f"access to .{node.attr} leads out of the object graph", 913)
         self.generic_visit(node)
 
+    def visit_Constant(self, node: ast.Constant) -> None:
+        # "{0.__globals__}".format(f): str.format walks attributes named in the string.
+        if isinstance(node.value, str) and "{" in node.value:
+            for fmt_field in _FORMAT_FIELD.findall(node.value):
+                for attr in _FIELD_ATTR.findall(fmt_field):
+                    if attr in _ESCAPE_ATTRS:
+                        self._add("PV104", node, f"format string reaches .{attr}", 913)
+
     def visit_Subscript(self, node: ast.Subscript) -> None:
         key = _fold_str(node.slice)
         if key is not None and key in _ESCAPE_ATTRS:
@@ -755,12 +766,14 @@ class _ComplianceVisitor(ast.NodeVisitor):
             self._check_import(name, node)
 
     def _judge_getattr(self, qual: str, node: ast.Call) -> None:
-        if len(node.args) < 2:
+        position = 0 if qual == "operator.attrgetter" else 1  # attrgetter(name), getattr(o, name)
+        if len(node.args) <= position:
             return
-        name_node = node.args[1] if qual != "operator.attrgetter" else node.args[0]
+        name_node = node.args[position]
         folded = _fold_str(name_node)
         if folded is not None:
-            if folded in _ESCAPE_ATTRS:
+            # attrgetter("a.__globals__") walks a dotted path: any part may escape.
+            if any(part in _ESCAPE_ATTRS for part in folded.split(".")):
                 kind = "PV104" if isinstance(name_node, ast.Constant) else "PV105"
                 self._add(kind, node, f"{qual}() of {folded!r} reaches interpreter internals", 913)
             return
