@@ -141,6 +141,11 @@ class SandboxKit:
             result = host.call(request, request_id=request_id, timeout=timeout)
         except PlugvisorError as exc:
             return exc
+        except Exception as exc:  # anything untyped is a defect of the call path
+            pytest.fail(
+                f"{host.spec.plugin}: the call raised {type(exc).__name__}: {exc} "
+                "instead of a typed plugvisor error"
+            )
         shown = repr(result)
         pytest.fail(f"{host.spec.plugin}: the call succeeded with {shown[:300]}; expected an error")
 

@@ -624,6 +624,21 @@ def test_not_json_response(kit: Any, kind: str) -> None:
     kit.assert_benign_still_works()
 
 
+@pytest.mark.parametrize("forged", ["not json at all", '1,"ok":false', "[" * 10])
+def test_subverted_runtime_cannot_forge_a_response(layered: Any, forged: str) -> None:
+    """A child that gets past the policy and corrupts its own encoder still cannot hand
+    the caller non-JSON: the parent checks what it relays (response.not_json)."""
+    host = layered.spawn("atk_forge_response")
+    codes = frozenset({"response.not_json", "policy.forbidden"})
+    _attack(layered, "atk_forge_response", {"forged": forged}, codes, host=host)
+    # The fast path the daemon relays must carry a well-formed error envelope too.
+    other = layered.spawn("atk_forge_response")
+    envelope = other.call_raw(json.dumps({"forged": forged}).encode(), _rid())
+    doc = json.loads(envelope)
+    assert doc["ok"] is False and doc["error"]["code"] in codes, doc
+    layered.assert_benign_still_works()
+
+
 @pytest.mark.parametrize(
     "payload", [b"\xff\xfe not json", b"{", b'{"a": NaN}', b"", b"[" * 100_000 + b"]" * 100_000]
 )
