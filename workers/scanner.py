@@ -439,6 +439,11 @@ _ATTR_BY_NAME = frozenset({"getattr", "setattr", "delattr", "hasattr", "builtins
                            "object.__getattribute__", "operator.attrgetter"})  # fmt: skip
 _ENCODED = re.compile(r"^(?:[A-Za-z0-9+/=_\-\s]{40,}|(?:[0-9a-fA-F]{2}|\\x[0-9a-fA-F]{2}){20,})$")
 _BUILTIN_NAMES = frozenset(dir(builtins))
+# Builtins a string annotation has no business naming (it would be evaluated with them).
+_ANNOTATION_TRAPS = frozenset(
+    {"getattr", "setattr", "delattr", "eval", "exec", "compile", "__import__", "open", "vars",
+     "globals", "locals", "breakpoint", "input", "__builtins__"}
+)  # fmt: skip
 # A str.format replacement field ("{0.a.b}", "{x[k].attr!r}") and the attributes in it.
 _FORMAT_FIELD = re.compile(r"\{([^{}]*)\}")
 _FIELD_ATTR = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)")
@@ -574,6 +579,7 @@ class _ComplianceVisitor(ast.NodeVisitor):
         self.aliases: dict[str, str] = {}  # local name -> qualified module or module.attr
         self.bound: set[str] = set()  # every name the file binds (shadows builtins)
         self.calls: list[_PendingCall] = []
+        self.escape_strings: list[Finding] = []
 
     # ---- helpers ---------------------------------------------------------------------
     def _add(self, rule: str, node: ast.AST, message: str, cwe: int) -> None:
@@ -647,10 +653,13 @@ class _ComplianceVisitor(ast.NodeVisitor):
 
     def visit_arg(self, node: ast.arg) -> None:
         self.bound.add(node.arg)
+        self._check_annotation(node.annotation)
         self.generic_visit(node)
 
     def _bind_def(self, node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) -> None:
         self.bound.add(node.name)
+        if not isinstance(node, ast.ClassDef):
+            self._check_annotation(node.returns)
         self.generic_visit(node)
 
     visit_FunctionDef = _bind_def
@@ -672,12 +681,53 @@ class _ComplianceVisitor(ast.NodeVisitor):
         self.generic_visit(node)
 
     def visit_Constant(self, node: ast.Constant) -> None:
+        if not isinstance(node.value, str):
+            return
+        if node.value in _ESCAPE_ATTRS:
+            # The name as data, e.g. handed to an alias of getattr the check cannot see.
+            self._escape_string("PV104", node, f"string {node.value!r} names an escape attribute")
         # "{0.__globals__}".format(f): str.format walks attributes named in the string.
-        if isinstance(node.value, str) and "{" in node.value:
+        if "{" in node.value:
             for fmt_field in _FORMAT_FIELD.findall(node.value):
                 for attr in _FIELD_ATTR.findall(fmt_field):
                     if attr in _ESCAPE_ATTRS:
                         self._add("PV104", node, f"format string reaches .{attr}", 913)
+
+    def _spelled(self, node: ast.BinOp | ast.JoinedStr) -> None:
+        value = _fold_str(node)
+        if value is not None and value in _ESCAPE_ATTRS:
+            self._escape_string("PV105", node, f"string built to spell {value!r}")
+            return  # its pieces are not findings of their own
+        self.generic_visit(node)
+
+    visit_BinOp = _spelled
+    visit_JoinedStr = _spelled
+
+    def _escape_string(self, rule: str, node: ast.AST, message: str) -> None:
+        """Kept apart: reported in finish() only where no more specific finding exists."""
+        line = int(getattr(node, "lineno", 1) or 1)
+        self.escape_strings.append(_compliance(rule, self.rel, line, message, 913))
+
+    def _check_annotation(self, ann: ast.AST | None) -> None:
+        """A string annotation naming getattr & co: typing.get_type_hints() evaluates it
+        with the interpreter's real builtins, past any restricted ones."""
+        if not (isinstance(ann, ast.Constant) and isinstance(ann.value, str)):
+            return
+        try:
+            parsed = ast.parse(ann.value.strip(), mode="eval")
+        except (SyntaxError, ValueError, RecursionError):
+            return
+        for sub in ast.walk(parsed):
+            if isinstance(sub, ast.Call) or (
+                isinstance(sub, ast.Name) and sub.id in _ANNOTATION_TRAPS
+            ):
+                self._add("PV105", ann, f"string annotation {ann.value!r} evaluates code "
+                          "with the real builtins (typing.get_type_hints)", 95)  # fmt: skip
+                return
+
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> None:
+        self._check_annotation(node.annotation)
+        self.generic_visit(node)
 
     def visit_Subscript(self, node: ast.Subscript) -> None:
         key = _fold_str(node.slice)
@@ -716,6 +766,11 @@ class _ComplianceVisitor(ast.NodeVisitor):
                     self._forbid("file_write", call.node, f".{call.chain[-1]}() writes a file")
                 continue
             self._judge_call(qual, call.node)
+        flagged = {f.line for f in self.findings if f.rule in ("PV104", "PV105")}
+        for found in self.escape_strings:
+            if found.line not in flagged:
+                self.findings.append(found)
+                flagged.add(found.line)
         return self.findings
 
     def _judge_call(self, qual: str, node: ast.Call) -> None:
