@@ -347,3 +347,27 @@ def test_pathologically_nested_code_is_a_finding_not_a_crash(
     rules = {(f.rule, f.file) for f in report.findings}
     assert ("PV100", "plug/__init__.py") in rules
     assert ("PV103", "plug/ok.py") in rules  # the other files are still checked
+
+
+SANDBOX_PLUGINS = Path(__file__).resolve().parents[1] / "sandbox" / "plugins"
+
+
+def test_honest_plugins_of_the_sandbox_suite_pass_the_compliance_check(
+    default_profile: SecurityProfile, tmp_path: Path
+) -> None:
+    """The static check must not refuse what the runtime sandbox lets honest plugins do."""
+    honest = sorted(SANDBOX_PLUGINS.glob("ok_*")) if SANDBOX_PLUGINS.is_dir() else []
+    if not honest:
+        pytest.skip(f"no honest plugins under {SANDBOX_PLUGINS} (sandbox suite missing)")
+    settings = load_settings({"state_dir": str(tmp_path / "state")}, env={})
+    refused = {}
+    for plugin in honest:
+        meta = (plugin / "plugin.yaml").read_text() if (plugin / "plugin.yaml").exists() else ""
+        name = next(
+            (ln.split(":", 1)[1].strip() for ln in meta.splitlines() if ln.startswith("profile:")),
+            "default",
+        )
+        found = _compliance(scan_tree(plugin, load_profile(name, settings)))
+        if found:
+            refused[plugin.name] = [f.to_dict() for f in found]
+    assert refused == {}
