@@ -686,6 +686,20 @@ def test_signal_same_user_process(layered: Any, victim: Any) -> None:
     layered.assert_benign_still_works()
 
 
+def test_other_plugins_host_is_out_of_reach(layered: Any) -> None:
+    """Another plugin's host runs as the same user: no SIGKILL, no ptrace, state intact."""
+    _needs(layered, "landlock", "seccomp")
+    other = layered.spawn("ok_counter")
+    assert other.call({"by": 1}, timeout=10.0) == {"count": 1, "seen": [1]}
+    _attack(layered, "atk_signal_peer", {"pid": other.pid}, REFUSED)
+    _attack(layered, "atk_ptrace", {"pid": other.pid}, REFUSED)
+    tracer, state = _traced(other.pid)
+    assert tracer == 0 and state not in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
+    # The same process, with its in-memory state: it was neither killed nor restarted.
+    assert other.call({"by": 2}, timeout=10.0) == {"count": 3, "seen": [1, 2]}
+    layered.assert_benign_still_works()
+
+
 def _traced(pid: int) -> tuple[int, str]:
     status = Path(f"/proc/{pid}/status").read_text()
     tracer = int(status.split("TracerPid:")[1].split()[0])
