@@ -199,17 +199,20 @@ def test_command_attack_creates_nothing(layered: Any, name: str) -> None:
     layered.assert_benign_still_works()
 
 
-def test_policy_cannot_be_switched_off(kit: Any) -> None:
-    """The in-process policy itself holds: no real getattr, no object walk, no silenced hook.
+@pytest.mark.parametrize("route", ["typing", "attrgetter"])
+def test_policy_cannot_be_switched_off(kit: Any, route: str) -> None:
+    """The in-process policy itself holds: no object walk, no real sys, no silenced hook.
 
-    ``atk_policy_off`` evaluates a string annotation through ``typing.get_type_hints``
-    (which hands it the interpreter's real builtins), walks ``object.__subclasses__()`` to
-    ``os``'s namespace and ``sys.modules``, marks the policy's thread "busy" so the audit
-    hook ignores events, then runs ``os.system``. The OS layers stop the command either
+    ``atk_policy_off`` reaches ``object.__subclasses__()`` either through the real
+    ``getattr`` (a string annotation evaluated by ``typing.get_type_hints`` gets the
+    interpreter's real builtins) or through ``type(operator.attrgetter(...))``, which
+    builds attrgetters the policy never checked; then ``BuiltinImporter.load_module("sys")``
+    gives the real ``sys.modules``, where it marks the policy's thread "busy" so the audit
+    hook ignores events, and runs ``os.system``. The OS layers stop the command either
     way; this test asks that the policy refuses (and reports) the escape itself.
     """
     canary = kit.scratch_dir(0o777) / "canary"
-    request = {"action": "system", "canary": str(canary)}
+    request = {"action": "system", "route": route, "canary": str(canary)}
     _attack(kit, "atk_policy_off", request, frozenset({"policy.forbidden"}))
     _assert_stays_absent(canary)
     kit.assert_benign_still_works()

