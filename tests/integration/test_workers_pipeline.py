@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import kombu
 import pytest
 from celery.exceptions import TimeoutError as CeleryTimeout
 
@@ -206,6 +207,16 @@ def kit(
         yield kit
     finally:
         _stop_worker(kit.proc)
+        if settings.broker_url:
+            _delete_queue(settings.broker_url, queue)
+
+
+def _delete_queue(url: str, queue: str) -> None:
+    """Remove this module's durable queue and exchange from a (possibly shared) RabbitMQ."""
+    with kombu.Connection(url, connect_timeout=5) as conn:
+        channel = conn.channel()
+        channel.queue_delete(queue)
+        channel.exchange_delete(queue)
 
 
 def _assert_succeeded(kit: WorkerKit, job: Any) -> None:
