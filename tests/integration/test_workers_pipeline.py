@@ -21,9 +21,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import kombu
 import pytest
 from celery.exceptions import TimeoutError as CeleryTimeout
+from kombu.connection import Connection as KombuConnection
 
 from plugvisor.core.archive import pack
 from plugvisor.core.config import Settings, load_settings
@@ -213,7 +213,7 @@ def kit(
 
 def _delete_queue(url: str, queue: str) -> None:
     """Remove this module's durable queue and exchange from a (possibly shared) RabbitMQ."""
-    with kombu.Connection(url, connect_timeout=5) as conn:
+    with KombuConnection(url, connect_timeout=5) as conn:
         channel = conn.channel()
         channel.queue_delete(queue)
         channel.exchange_delete(queue)
