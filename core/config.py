@@ -104,6 +104,9 @@ class Settings:
     )
     plugin_concurrency: int = _s(8, "Concurrent calls served per plugin.")
     plugin_queue_limit: int = _s(64, "Calls waiting per plugin before callers get 'overloaded'.")
+    host_idle_timeout_s: float = _s(
+        60.0, "Extra plugin hosts (beyond one per plugin) idle this long are stopped."
+    )
     call_timeout_s: float = _s(30.0, "Client-side timeout for one call through the daemon.")
     metrics_addr: str = _s("127.0.0.1", "Address of the daemon's Prometheus endpoint.")
     metrics_port: int = _s(9471, "Port of the daemon's Prometheus endpoint; 0 turns it off.")

@@ -117,6 +117,8 @@ class HostPool:
     backoff_max: float
     on_exit: Callable[[HostPool, bool], None] = lambda _pool, _crashed: None
     idle: list[Host] = field(default_factory=list)
+    #: When each idle host last finished a call (for trimming a pool after a burst).
+    idle_since: dict[int, float] = field(default_factory=dict)
     busy: set[Host] = field(default_factory=set)
     spawning: int = 0
     waiting: int = 0
@@ -244,6 +246,7 @@ class HostPool:
                 self.errors += 1
             if alive and not self.closed:
                 self.idle.append(host)
+                self.idle_since[id(host)] = time.monotonic()
                 if code is None:
                     self._backoff.succeeded()
             self._cond.notify_all()
@@ -285,11 +288,29 @@ class HostPool:
             dead = [h for h in self.idle if not h.alive]
             for h in dead:
                 self.idle.remove(h)
+                self.idle_since.pop(id(h), None)
                 self._backoff.failed()
         for h in dead:
             h.stop(grace=0.1)
             self.on_exit(self, True)
         return len(dead)
+
+    def trim(self, idle_for: float) -> int:
+        """Stop hosts idle for ``idle_for`` seconds, keeping one warm; return how many."""
+        now = time.monotonic()
+        with self._cond:
+            if self.closed:
+                return 0
+            # idle is used as a stack (pop from the end): the oldest idle hosts are first.
+            spare = max(0, len(self.idle) + len(self.busy) - 1)
+            old = [h for h in self.idle if now - self.idle_since.get(id(h), now) > idle_for]
+            victims = old[: min(spare, len(old))]
+            for h in victims:
+                self.idle.remove(h)
+                self.idle_since.pop(id(h), None)
+        for h in victims:
+            h.stop(grace=1.0)
+        return len(victims)
 
     def ensure_warm(self) -> bool:
         """Spawn one host when none is live and the back-off allows; True if one was added."""
@@ -337,6 +358,7 @@ class HostPool:
             drained = not self.busy
             hosts = [*self.idle, *self.busy]
             self.idle.clear()
+            self.idle_since.clear()
         for h in hosts:
             try:
                 h.stop(grace=1.0)

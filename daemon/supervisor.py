@@ -582,6 +582,7 @@ class Supervisor:
                 pool.reap()
                 if slot.pool is pool and slot.state is SlotState.ACTIVE:
                     pool.ensure_warm()
+                    pool.trim(self.settings.host_idle_timeout_s)
                 self.metrics.hosts.labels(slot.name).set(pool.live_hosts)
             except (PlugvisorError, OSError) as exc:
                 _log.warning("monitor_failed", plugin=slot.name, error=str(exc))

@@ -146,3 +146,25 @@ def test_metrics_endpoint_and_watchdog_pings(daemon_kit):
         return len(pings) >= 3
 
     daemon_kit.wait_for(three_pings, 5, "three WATCHDOG=1 pings")
+
+
+def test_pool_grows_under_concurrency_and_shrinks_when_idle(daemon_kit):
+    daemon_kit.env.update(PLUGVISOR_PLUGIN_CONCURRENCY="3", PLUGVISOR_HOST_IDLE_TIMEOUT_S="0.5")
+    daemon_kit.add_version("elastic", "1.0.0", activate=True)
+    daemon_kit.start()
+
+    def hosts() -> int:
+        pool = daemon_kit.command("status")["result"]["plugins"]["elastic"]["pool"]
+        return int(pool["hosts"])
+
+    assert hosts() == 1
+    threads = [
+        threading.Thread(target=lambda: daemon_kit.client().call("elastic", {"sleep": 0.5}))
+        for _ in range(3)
+    ]
+    for t in threads:
+        t.start()
+    daemon_kit.wait_for(lambda: hosts() == 3, 10, "three hosts for three concurrent calls")
+    for t in threads:
+        t.join(timeout=10)
+    daemon_kit.wait_for(lambda: hosts() == 1, 10, "the pool to shrink back to one host")
