@@ -208,6 +208,9 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+_STRICT_JSON = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def _describe(exc: BaseException) -> str:
     msg = str(exc)
     if len(msg) > _MAX_MESSAGE:
@@ -262,7 +265,7 @@ class _Runtime:
 
     def handle(self, payload: bytes) -> bytes:
         try:
-            request = json.loads(payload, parse_constant=_reject_constant)
+            request = _STRICT_JSON.decode(payload.decode("utf-8"))
         except (ValueError, RecursionError) as exc:
             # The caller's bad input, not the plugin's fault (no response.* code).
             return error_envelope("request.invalid_json", f"request is not valid JSON: {exc}")

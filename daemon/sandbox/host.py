@@ -297,11 +297,10 @@ class PluginHost:
             payload = json.dumps(request, separators=(",", ":"), allow_nan=False).encode()
         except (TypeError, ValueError) as exc:
             raise PluginRuntimeError("bad_request", f"request is not JSON: {exc}") from None
-        envelope = self._exchange(FrameType.CALL, payload, request_id, timeout)
-        doc = json.loads(envelope)
-        if doc.get("ok"):
-            return doc.get("result")
-        raise error_from_dict(doc.get("error") or {})
+        reply = self._exchange(FrameType.CALL, payload, request_id, timeout)
+        if reply.error is not None:
+            raise reply.error
+        return reply.value
 
     def call_raw(
         self, request_json: bytes, request_id: str | None = None, timeout: float | None = None
@@ -316,7 +315,7 @@ class PluginHost:
         """Like :meth:`call_raw`, with the outcome's status and code already known."""
         t0 = time.monotonic()
         try:
-            env = self._exchange(FrameType.CALL, request_json, request_id, timeout)
+            reply = self._exchange(FrameType.CALL, request_json, request_id, timeout)
         except PlugvisorError as err:
             return CallOutcome(
                 False,
@@ -324,24 +323,18 @@ class PluginHost:
                 err.code,
                 time.monotonic() - t0,
             )
-        if env.startswith(b'{"ok":true'):
-            return CallOutcome(True, env, None, time.monotonic() - t0)
-        code = None
-        try:
-            code = str(json.loads(env)["error"]["code"])
-        except (ValueError, KeyError, TypeError):
-            code = "plugin.error"
-        return CallOutcome(False, env, code, time.monotonic() - t0)
+        code = reply.error.code if reply.error is not None else None
+        return CallOutcome(reply.error is None, reply.envelope, code, time.monotonic() - t0)
 
     def health(self, timeout: float | None = None) -> bool:
         """True when the process is up and ``health()`` (if defined) returns truthy in time."""
         if not self.alive:
             return False
         try:
-            env = self._exchange(FrameType.HEALTH, b"", None, timeout, violations=False)
+            reply = self._exchange(FrameType.HEALTH, b"", None, timeout, violations=False)
         except PlugvisorError:
             return False
-        return env == b'{"ok":true,"result":true}'
+        return reply.error is None and reply.value is True
 
     def stop(self, grace: float = 2.0) -> None:
         """Idempotent: teardown() with ``grace`` seconds -> SIGTERM -> SIGKILL; reaped."""
@@ -446,7 +439,7 @@ class PluginHost:
         timeout: float | None,
         *,
         violations: bool = True,
-    ) -> bytes:
+    ) -> _Reply:
         if len(payload) > self._request_cap:
             raise error_from_dict(
                 {
@@ -471,7 +464,7 @@ class PluginHost:
         deadline: float,
         *,
         violations: bool = True,
-    ) -> bytes:
+    ) -> _Reply:
         """Send one request and serve the child's DB/LOG/VIOLATION frames until its RESULT."""
         seq = next(self._seq) & 0xFFFFFFFF
         self._request_id = request_id
@@ -489,7 +482,7 @@ class PluginHost:
                         # The child's runtime checks this before sending: only a
                         # subverted child gets here.
                         raise FrameTooLarge(frame.ftype, len(frame.payload), self._result_cap)
-                    return frame.payload
+                    return _parse_reply(frame.payload)
                 self._aux_frame(frame, seq, deadline, "request")
         except TimeoutError:
             seconds = self.spec.profile.max_execution_time
@@ -523,6 +516,13 @@ class PluginHost:
             self._kill("crashed", f"protocol violation: {exc}")
             self._violation("protocol.violation", str(exc), "killed")
             raise self._dead_error() from None
+        except _ForgedReply as exc:
+            # Our child runtime only writes what json.dumps made: this one is subverted.
+            self._kill("crashed", f"forged response: {exc}")
+            self._violation("protocol.forged_response", str(exc), "killed")
+            raise error_from_dict(
+                {"code": "response.not_json", "message": f"plugin response rejected: {exc}"}
+            ) from None
 
     def _aux_frame(self, frame: Frame, seq: int, deadline: float, phase: str) -> None:
         """Handle a frame that is not the awaited answer (db, log, violation)."""
@@ -666,6 +666,64 @@ class PluginHost:
 
 class _ProtocolViolation(Exception):
     pass
+
+
+class _ForgedReply(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class _Reply:
+    """A validated RESULT: the bytes to relay, and the decoded value or the typed error."""
+
+    envelope: bytes
+    value: Any
+    error: PlugvisorError | None
+
+
+_OK_PREFIX = b'{"ok":true,"result":'
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+#: Strict JSON (no NaN/Infinity), built once: json.loads(..., parse_constant=...) would
+#: build a decoder per call.
+_STRICT_JSON = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+def _parse_reply(payload: bytes) -> _Reply:
+    """Check a RESULT envelope before it is relayed; raises :class:`_ForgedReply`.
+
+    A success envelope is relayed byte for byte once its result parses as exactly one
+    strict JSON value (so ``1,"ok":false`` cannot smuggle a second key); an error envelope
+    is small, so it is parsed, checked and re-encoded canonically.
+    """
+    if payload.startswith(_OK_PREFIX):
+        if not payload.endswith(b"}"):
+            raise _ForgedReply("success envelope not closed")
+        try:
+            value = _STRICT_JSON.decode(payload[len(_OK_PREFIX) : -1].decode("utf-8"))
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+            raise _ForgedReply(f"result is not one JSON value: {exc}") from None
+        return _Reply(payload, value, None)
+    try:
+        doc = _STRICT_JSON.decode(payload.decode("utf-8"))
+        if not isinstance(doc, dict) or set(doc) != {"ok", "error"} or doc["ok"] is not False:
+            raise ValueError("not an error envelope")
+        err = doc["error"]
+        if not isinstance(err, dict) or not isinstance(err.get("message"), str):
+            raise ValueError("error without a message")
+        details = err.get("details") or {}
+        if not isinstance(details, dict):
+            raise ValueError("error details are not an object")
+        error = error_from_dict(
+            {"code": str(err.get("code")), "message": err["message"], "details": details}
+        )
+    except (ValueError, RecursionError, TypeError) as exc:
+        raise _ForgedReply(f"malformed envelope: {exc}") from None
+    return _Reply(error_envelope(error.code, error.message, **error.details), None, error)
 
 
 class _Pending:

@@ -753,3 +753,22 @@ class Plugin:
     closed_host = env.spawn(source)
     assert closed_host.call({}) == "denied 1"  # EPERM from seccomp
     assert closed_host.layers["netns"].active
+
+
+def test_forged_envelope_is_refused_not_relayed(env: Env) -> None:
+    # A child whose own encoder is subverted (here: json.dumps replaced, OS layers only)
+    # tries to smuggle a second "ok" key into the success envelope.
+    host = env.spawn(
+        """
+import json
+class Plugin:
+    def handle(self, request):
+        json.dumps = lambda *a, **k: '1,"ok":false'
+        return 1
+"""
+    )
+    outcome = host.invoke(b"{}", "forge-1")
+    assert not outcome.ok and outcome.code == "response.not_json"
+    assert outcome.envelope.startswith(b'{"ok":false,"error":{"code":"response.not_json"')
+    assert ("protocol.forged_response", "killed") in env.log.kinds("forge-1")
+    assert not host.alive
