@@ -232,6 +232,24 @@ def test_switched_off_policy_still_meets_the_os_layers(layered: Any) -> None:
     layered.assert_benign_still_works()
 
 
+def test_switched_off_policy_cannot_chmod_outside(kit: Any) -> None:
+    """End to end under the full sandbox: silence the policy, then chmod a file outside.
+
+    The file belongs to the sandbox user (as another plugin's data under ``trusted``
+    would); Landlock does not cover metadata changes, so after the policy is gone only
+    seccomp could refuse chmod.
+    """
+    uid, gid = _sandbox_ids(kit)
+    target = kit.scratch_dir(0o777) / "owned-by-sandbox-user.txt"
+    target.write_text("data\n", encoding="utf-8")
+    os.chmod(target, 0o600)
+    os.chown(target, uid, gid)
+    request = {"action": "chmod", "route": "attrgetter", "path": str(target)}
+    _attack(kit, "atk_policy_off", request, REFUSED)
+    assert target.stat().st_mode & 0o777 == 0o600, "a sandboxed plugin changed a file's mode"
+    kit.assert_benign_still_works()
+
+
 def test_fork_leaves_no_child(layered: Any) -> None:
     _needs(layered, "seccomp", "rlimits")
     canary = layered.scratch_dir(0o777) / "forked"
@@ -327,6 +345,35 @@ def test_write_refused(layered: Any, name: str, target: str) -> None:
     path = directory / f"written-{uuid.uuid4().hex[:8]}"
     _attack(layered, name, {"path": str(path)}, REFUSED)
     assert not path.exists(), f"{name} wrote {path}"
+    layered.assert_benign_still_works()
+
+
+@pytest.mark.parametrize(
+    "name", ["atk_truncate", "atk_remove", "atk_rename", "atk_chmod", "atk_utime"]
+)
+def test_existing_file_is_not_modified(layered: Any, name: str) -> None:
+    """A file outside the plugin, owned by the sandbox user in a world-writable directory.
+
+    Owned by that user (as another plugin's data under ``trusted`` would be), so file
+    permissions allow every change here: only the sandbox may refuse it.
+    """
+    _needs(layered, "landlock", "seccomp")
+    uid, gid = _sandbox_ids(layered)
+    directory = layered.scratch_dir(0o777)
+    target = directory / "owned-by-sandbox-user.txt"
+    target.write_text("original content\n", encoding="utf-8")
+    os.chmod(target, 0o644)
+    os.chown(target, uid, gid)
+    before = target.stat()
+    _attack(layered, name, {"path": str(target)}, REFUSED)
+    assert sorted(p.name for p in directory.iterdir()) == [target.name]
+    after = target.stat()
+    assert target.read_text(encoding="utf-8") == "original content\n"
+    assert (after.st_mode, after.st_uid, after.st_mtime_ns) == (
+        before.st_mode,
+        before.st_uid,
+        before.st_mtime_ns,
+    ), f"{name} changed the file's metadata"
     layered.assert_benign_still_works()
 
 

@@ -32,6 +32,9 @@ class Plugin:
             if rc != 0:
                 raise OSError("system returned %d" % rc)
             return rc
+        if request["action"] == "chmod":
+            modules["os"].chmod(request["path"], 0o777)
+            return "chmodded"
         socket = modules["socket"]
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(2)
