@@ -407,6 +407,8 @@ class PluginHost:
 
     def _dead_error(self) -> PluginRuntimeError:
         reason = self._kill_reason
+        if reason == "stopped" or (reason is None and self._stopped):
+            return PluginRuntimeError("crashed", "plugin host stopped", pid=self._pid)
         if reason == "memory":
             return BudgetExceeded(
                 "memory",
