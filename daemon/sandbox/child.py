@@ -212,7 +212,10 @@ _STRICT_JSON = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 def _describe(exc: BaseException) -> str:
-    msg = str(exc)
+    try:
+        msg = str(exc)
+    except Exception:  # a plugin's __str__ may itself raise: the type still says enough
+        msg = "<unprintable>"
     if len(msg) > _MAX_MESSAGE:
         msg = msg[:_MAX_MESSAGE] + "..."
     return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
@@ -248,7 +251,7 @@ class _Runtime:
             )
         except PlugvisorError as exc:
             return error_envelope(exc.code, exc.message, **exc.details)
-        except (SystemExit, KeyboardInterrupt, Exception) as exc:  # plugin code: anything
+        except BaseException as exc:  # plugin code may raise anything, SystemExit included
             return error_envelope("plugin.error", _describe(exc), type=type(exc).__name__)
         finally:
             self.policy.end_request()

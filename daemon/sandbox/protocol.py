@@ -189,7 +189,8 @@ def error_envelope(code: str, message: str, **details: Any) -> bytes:
     err: dict[str, Any] = {"code": code, "message": message}
     if details:
         err["details"] = details
-    return json.dumps({"ok": False, "error": err}, separators=(",", ":")).encode()
+    # default=str: details come from exceptions a plugin may have built.
+    return json.dumps({"ok": False, "error": err}, separators=(",", ":"), default=str).encode()
 
 
 def check_hello(hello: Any) -> None:

@@ -772,3 +772,24 @@ class Plugin:
     assert outcome.envelope.startswith(b'{"ok":false,"error":{"code":"response.not_json"')
     assert ("protocol.forged_response", "killed") in env.log.kinds("forge-1")
     assert not host.alive
+
+
+def test_odd_exceptions_are_plugin_errors(env: Env) -> None:
+    host = env.spawn(
+        """
+import sys
+class Weird(BaseException):
+    def __str__(self):
+        raise RuntimeError("no str for you")
+class Plugin:
+    def handle(self, request):
+        if request == "exit":
+            sys.exit(3)
+        raise Weird()
+"""
+    )
+    for request, kind in (("exit", "SystemExit"), ("weird", "Weird")):
+        with pytest.raises(PluginRuntimeError) as err:
+            host.call(request)
+        assert err.value.code == "plugin.error" and kind in err.value.message
+    assert host.alive
