@@ -496,6 +496,16 @@ def test_db_cannot_write_files_elsewhere(layered: Any, name: str) -> None:
     layered.assert_benign_still_works()
 
 
+def test_db_schema_cannot_be_corrupted(layered: Any) -> None:
+    """PRAGMA writable_schema + UPDATE sqlite_master would break the plugin's own database."""
+    _attack(layered, "atk_db_corrupt", {}, REFUSED)
+    with sqlite3.connect(layered.layout.plugin_db("atk_db_corrupt"), timeout=5.0) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        sql = db.execute("SELECT sql FROM sqlite_master WHERE name = 'keep'").fetchone()[0]
+    assert sql == "CREATE TABLE keep (x INTEGER)"
+    layered.assert_benign_still_works()
+
+
 def _hits(db_path: Path) -> list[int]:
     with sqlite3.connect(db_path, timeout=5.0) as db:
         return [row[0] for row in db.execute("SELECT i FROM hits ORDER BY rowid")]
@@ -678,7 +688,11 @@ def test_not_json_response(kit: Any, kind: str) -> None:
     kit.assert_benign_still_works()
 
 
-@pytest.mark.parametrize("forged", ["not json at all", '1,"ok":false', "[" * 10])
+@pytest.mark.parametrize(
+    "forged",
+    ["not json at all", '1,"ok":false', "[" * 10, "[" * 200_000 + "]" * 200_000],
+    ids=["garbage", "injected_key", "truncated", "deeply_nested"],
+)
 def test_subverted_runtime_cannot_forge_a_response(layered: Any, forged: str) -> None:
     """A child that gets past the policy and corrupts its own encoder still cannot hand
     the caller non-JSON: the parent checks what it relays (response.not_json)."""
