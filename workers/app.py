@@ -14,9 +14,12 @@ plugvisor.workers.app`` finds ``app`` through a lazy module ``__getattr__`` buil
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import sqlite3
 import threading
+from datetime import datetime, timedelta
 from typing import Any
 
 import kombu.transport.sqlalchemy
@@ -34,6 +37,7 @@ __all__ = [
     "default_concurrency",
     "get_app",
     "make_celery",
+    "prune_delivered_messages",
     "run_worker",
 ]
 
@@ -80,7 +84,7 @@ def make_celery(settings: Settings) -> PlugvisorCelery:
         # Hard limit kills the pool child; the soft limit before it raises inside the
         # task so the step records job.time_limit instead of leaving the job "running".
         "task_time_limit": hard,
-        "task_soft_time_limit": max(1.0, hard * 0.9),
+        "task_soft_time_limit": hard * 0.9,  # 10% of the budget left to record the failure
         # A worker started before the broker (systemd ordering, RabbitMQ restarting)
         # waits for it instead of exiting.
         "broker_connection_retry_on_startup": True,
@@ -225,19 +229,52 @@ def _init_worker_process(**_: Any) -> None:
     warm_up()
 
 
+def prune_delivered_messages(settings: Settings, grace_s: float = 60.0) -> int:
+    """Delete delivered rows of the embedded broker that no consumer can still hold.
+
+    kombu's SQLAlchemy transport never deletes a message: delivery marks the row
+    invisible (stamping the time) and an ack does nothing more, so ``broker.sqlite``
+    grows by one row per task forever. A row invisible for longer than the hard time
+    limit plus ``grace_s`` is either acknowledged or stranded by a killed worker (whose
+    job :func:`~plugvisor.workers.pipelines.recover_stale_jobs` re-enqueues from its
+    record), so it can go. Returns the number of rows deleted.
+    """
+    db = StateLayout(settings.state_dir).broker_db
+    if not settings.embedded_broker or not db.exists():
+        return 0
+    # kombu stamps rows with naive local time (datetime.now) as ISO text: compare alike.
+    cutoff = datetime.now() - timedelta(seconds=settings.job_time_limit_s + grace_s)
+    with contextlib.closing(sqlite3.connect(db, timeout=30.0)) as conn, conn:
+        try:
+            cur = conn.execute(
+                "DELETE FROM kombu_message WHERE visible = 0 AND timestamp < ?",
+                (cutoff.strftime("%Y-%m-%d %H:%M:%S.%f"),),
+            )
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return 0  # no message was ever sent through this broker
+            raise
+        return int(cur.rowcount)
+
+
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:
-    """On the embedded broker, re-enqueue jobs stranded by a hard-killed worker."""
+    """On the embedded broker: re-enqueue stranded jobs, prune delivered messages."""
     app = getattr(sender, "app", None)
     settings = getattr(app, "settings", None)
     if not isinstance(settings, Settings) or not settings.embedded_broker:
         return
     from plugvisor.workers.pipelines import recover_stale_jobs  # noqa: PLC0415
 
+    log = get_logger(__name__)
     try:
         recover_stale_jobs(settings)
     except PlugvisorError as err:
         # Recovery is best effort at start-up; the worker still serves new jobs.
-        get_logger(__name__).error("job.recovery_failed", error=str(err))
+        log.error("job.recovery_failed", error=str(err))
+    try:
+        log.info("broker.pruned", messages=prune_delivered_messages(settings))
+    except sqlite3.Error as exc:
+        log.error("broker.prune_failed", error=str(exc))
 
 
 # Strong references: the handlers live as long as the module (Celery holds weak ones).

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -9,8 +11,9 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from plugvisor.core.config import Settings, load_settings
 from plugvisor.core.errors import JobError, SignatureError
+from plugvisor.state.layout import StateLayout
 from plugvisor.state.registry import JobStatus
-from plugvisor.workers.app import broker_urls, make_celery
+from plugvisor.workers.app import broker_urls, make_celery, prune_delivered_messages
 from plugvisor.workers.jobs import JobFailed, JobRun, open_registry, start_job
 from plugvisor.workers.tasks import TASK_NAMES
 
@@ -147,3 +150,26 @@ def test_unreachable_broker_fails_the_job_instead_of_leaving_it_queued(
     [job] = open_registry(settings).list_jobs()
     assert job.status is JobStatus.failed
     assert job.error is not None and job.error["code"] == "job.enqueue_failed"
+
+
+def test_prune_deletes_only_long_delivered_messages(settings: Settings) -> None:
+    app = make_celery(settings)
+    for _ in range(3):  # real rows in kombu's table, in a queue nobody consumes
+        app.send_task("plugvisor.audit", args=("no-such-job",), queue="prune-test")
+    db = sqlite3.connect(StateLayout(settings.state_dir).broker_db)
+    ids = [row[0] for row in db.execute("SELECT id FROM kombu_message ORDER BY id")]
+    assert len(ids) == 3
+    old = (datetime.now() - timedelta(hours=2)).strftime("%Y-%m-%d %H:%M:%S.%f")
+    recent = datetime.now().strftime("%Y-%m-%d %H:%M:%S.%f")
+    with db:
+        db.execute(
+            "UPDATE kombu_message SET visible = 0, timestamp = ? WHERE id = ?", (old, ids[0])
+        )
+        db.execute("UPDATE kombu_message SET visible = 0, timestamp = ? WHERE id = ?",
+                   (recent, ids[1]))  # fmt: skip
+        db.execute("UPDATE kombu_message SET timestamp = ? WHERE id = ?", (old, ids[2]))
+    limited = settings.with_overrides(job_time_limit_s=60.0)
+    assert prune_delivered_messages(limited, grace_s=60.0) == 1
+    left = [row[0] for row in db.execute("SELECT id FROM kombu_message ORDER BY id")]
+    db.close()
+    assert left == ids[1:]  # in flight (recent) and still queued (visible) rows stay
