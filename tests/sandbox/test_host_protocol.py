@@ -87,7 +87,8 @@ def test_deadline_and_eof(pair: tuple[socket.socket, socket.socket]) -> None:
 
 def test_hello_version_check() -> None:
     check_hello({"protocol": PROTOCOL_VERSION})
-    for bad in ({"protocol": PROTOCOL_VERSION + 1}, {}, [], None):
+    hellos: list[object] = [{"protocol": PROTOCOL_VERSION + 1}, {}, [], None]
+    for bad in hellos:
         with pytest.raises(SandboxError) as err:
             check_hello(bad)
         assert err.value.code == "sandbox.protocol_mismatch"
@@ -96,9 +97,9 @@ def test_hello_version_check() -> None:
 def test_reply_validation() -> None:
     ok = _parse_reply(ok_envelope(b'{"a":[1,2]}'))
     assert ok.error is None and ok.value == {"a": [1, 2]}
-    bad = _parse_reply(error_envelope("plugin.error", "ValueError: x", type="ValueError"))
-    assert bad.error is not None and bad.error.code == "plugin.error"
-    assert bad.envelope.startswith(b'{"ok":false,"error":{"code":"plugin.error"')
+    failed = _parse_reply(error_envelope("plugin.error", "ValueError: x", type="ValueError"))
+    assert failed.error is not None and failed.error.code == "plugin.error"
+    assert failed.envelope.startswith(b'{"ok":false,"error":{"code":"plugin.error"')
     forged = [
         b'{"ok":true,"result":1,"ok":false}',
         b'{"ok":true,"result":NaN}',
