@@ -641,6 +641,18 @@ def test_import_that_never_ends(kit: Any) -> None:
     kit.assert_benign_still_works()
 
 
+@pytest.mark.parametrize(
+    "entrypoint", ["json:JSONDecoder", "os:system", "..ok_echo:Plugin", "ok_echo:__builtins__"]
+)
+def test_entrypoint_outside_the_package_is_refused(kit: Any, entrypoint: str) -> None:
+    """A plugin.yaml naming a stdlib module, a relative escape or a dunder is never started."""
+    spec = dataclasses.replace(kit.spec("ok_echo"), entrypoint=entrypoint)
+    with pytest.raises(PlugvisorError) as info:
+        kit.hosts.append(kit.spawner.spawn(spec, timeout=10.0))
+    assert info.value.code.split(".")[0] in {"sandbox", "plugin", "policy"}, info.value
+    kit.assert_benign_still_works()
+
+
 @pytest.mark.parametrize("mode", ["policy", "os_only"])
 def test_too_many_files(kit: Any, os_only_spawner: Any, mode: str) -> None:
     """200 opens in one request; without the policy RLIMIT_NOFILE makes open() fail."""
