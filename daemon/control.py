@@ -4,7 +4,10 @@ Same broker setting as Celery: ``settings.broker_url`` (``amqp://`` for RabbitMQ
 empty means the embedded SQLite broker ``sqla+sqlite:///<state>/broker.sqlite`` through
 kombu's SQLAlchemy transport, whose poll interval is the class attribute
 ``kombu.transport.sqlalchemy.Transport.polling_interval`` (a ``polling_interval``
-transport option would reach ``create_engine()`` and raise ``TypeError``).
+transport option would reach ``create_engine()`` and raise ``TypeError``). The poll is a
+trade-off measured by ``bench/daemon_bench.py``: each poll runs SQLAlchemy code under the
+daemon's GIL, so 5 ms polls raised the call path's p99 from ~0.1 ms to ~1 ms, while the
+default 50 ms adds up to 50 ms to a command's delivery.
 
 Commands: ``{"id", "kind": activate|rollback|disable|enable|status, "params"}`` published
 to the durable queue ``plugvisor.control`` (direct exchange ``plugvisor.control``,
