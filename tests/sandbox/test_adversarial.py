@@ -855,6 +855,22 @@ def test_log_flood_is_bounded(kit: Any) -> None:
     kit.assert_benign_still_works()
 
 
+def test_print_flood_is_bounded(kit: Any) -> None:
+    """20,000 printed lines and one 3 MB line: stdout becomes bounded log records."""
+    rss_before = psutil.Process().memory_info().rss
+    with structlog.testing.capture_logs() as records:
+        host = kit.spawn("atk_print_flood")
+        try:
+            result = host.call({"lines": 20000, "huge": 3_000_000}, timeout=30.0)
+        except PlugvisorError as exc:
+            assert exc.code in {"budget.time", "plugin.error", "plugin.crashed"}, exc
+        else:
+            assert result == "printed"
+    assert len(records) < 20000, "every printed line reached the parent's log"
+    assert psutil.Process().memory_info().rss - rss_before < 200 * MiB
+    kit.assert_benign_still_works()
+
+
 def test_violation_flood_is_bounded(kit: Any) -> None:
     """2000 caught violations in one request do not become 2000 security-log lines."""
     host = kit.spawn("atk_violation_flood")
