@@ -388,6 +388,27 @@ def test_own_code_is_not_overwritten(layered: Any) -> None:
     layered.assert_benign_still_works()
 
 
+def test_sibling_version_is_not_read_through_dotdot(layered: Any) -> None:
+    """``<own code dir>/../<other digest>/plugin.yaml``: a path that starts inside the plugin."""
+    _needs(layered, "landlock")
+    token = uuid.uuid4().hex
+    other = layered.code_dir("ok_echo")
+    secret = other / "plugin.yaml"
+    os.chmod(secret, 0o644)
+    with secret.open("a", encoding="utf-8") as fh:
+        fh.write(f"config:\n  api_key: {token}\n")
+    os.chmod(secret, 0o444)
+    host = layered.spawn("atk_read_sibling")
+    try:
+        result = host.call({"sibling": other.name}, timeout=10.0)
+    except PlugvisorError as exc:
+        assert token not in str(exc.to_dict())
+        assert exc.code in REFUSED, exc
+    else:
+        pytest.fail(f"read a sibling version's plugin.yaml (leaked: {token in str(result)})")
+    layered.assert_benign_still_works()
+
+
 def test_peer_environment_is_not_read(layered: Any, victim: Any) -> None:
     """/proc/<pid>/environ of another process of the sandbox user (e.g. another plugin's host)."""
     _needs(layered, "landlock")
