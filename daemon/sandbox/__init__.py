@@ -8,7 +8,13 @@ no-new-privs, Landlock, seccomp, in-process policy), watched by a psutil monitor
 
 from __future__ import annotations
 
-from plugvisor.daemon.sandbox.host import CallOutcome, HostSpec, PluginHost, Spawner
+from plugvisor.daemon.sandbox.host import (
+    CallOutcome,
+    HostSpec,
+    PluginHost,
+    RequestUsage,
+    Spawner,
+)
 from plugvisor.daemon.sandbox.layers import LayerReport, LayerStatus, detect_layers
 
 __all__ = [
@@ -17,6 +23,7 @@ __all__ = [
     "LayerReport",
     "LayerStatus",
     "PluginHost",
+    "RequestUsage",
     "Spawner",
     "detect_layers",
 ]

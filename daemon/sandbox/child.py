@@ -266,6 +266,10 @@ class _Runtime:
             )
         return ok_envelope(out)
 
+    def files_opened(self) -> int:
+        """Files the last request opened, as the policy counted them."""
+        return int(getattr(self.policy, "files_opened", 0))
+
     def handle(self, payload: bytes) -> bytes:
         try:
             request = _STRICT_JSON.decode(payload.decode("utf-8"))
@@ -342,7 +346,10 @@ def serve(
             return 0  # the parent went away: nothing left to serve
         chan.seq = frame.seq
         if frame.ftype == FrameType.CALL:
-            chan.send(FrameType.RESULT, rt.handle(frame.payload))
+            envelope = rt.handle(frame.payload)
+            # Usage first, so the parent has it when the RESULT ends the request.
+            chan.send(FrameType.USAGE, b'{"files_opened":%d}' % rt.files_opened())
+            chan.send(FrameType.RESULT, envelope)
         elif frame.ftype == FrameType.HEALTH:
             chan.send(FrameType.RESULT, rt.health())
         elif frame.ftype == FrameType.STOP:

@@ -59,7 +59,7 @@ from plugvisor.daemon.sandbox.protocol import (
     send_frame,
 )
 
-__all__ = ["CallOutcome", "HostSpec", "PluginHost", "Spawner", "ViolationCallback"]
+__all__ = ["CallOutcome", "HostSpec", "PluginHost", "RequestUsage", "Spawner", "ViolationCallback"]
 
 ViolationCallback = Callable[[str, str, str, str], None]
 
@@ -105,6 +105,20 @@ class CallOutcome:
     envelope: bytes  # b'{"ok":true,"result":...}' or the error envelope
     code: str | None  # error code when not ok
     elapsed: float  # seconds
+
+
+@dataclass(frozen=True)
+class RequestUsage:
+    """What the last call used of its budgets (``PluginHost.last_usage``; ``dev run`` prints it).
+
+    ``db_queries`` counts every ``ctx.db`` query tried, refused ones included (the budget
+    counts them too); ``files_opened`` is the child's own count (``None`` when the child
+    did not report it, e.g. it was killed mid-request).
+    """
+
+    elapsed: float  # seconds of wall time, request sent to answer read
+    db_queries: int
+    files_opened: int | None
 
 
 class _Violations:
@@ -259,6 +273,9 @@ class PluginHost:
         self._log_count = 0
         self._violation_count = 0
         self._request_id: str | None = None
+        self._usage_files: int | None = None
+        #: The budgets the last call used; ``None`` before the first call.
+        self.last_usage: RequestUsage | None = None
         #: Both sides read frames up to request_cap + slack (a ctx.db query may carry
         #: parameters as large as a request); a RESULT is further held to the response cap.
         self._request_cap = request_cap(spec.max_response_bytes)
@@ -454,9 +471,17 @@ class PluginHost:
         with self._lock:
             if self._dead or self._stopped:
                 raise self._dead_error()
-            return self._roundtrip(
-                ftype, payload, request_id, time.monotonic() + budget, violations=violations
-            )
+            t0 = time.monotonic()
+            self._usage_files = None
+            try:
+                return self._roundtrip(
+                    ftype, payload, request_id, t0 + budget, violations=violations
+                )
+            finally:
+                if ftype == FrameType.CALL:
+                    self.last_usage = RequestUsage(
+                        time.monotonic() - t0, self._db_count, self._usage_files
+                    )
 
     def _roundtrip(
         self,
@@ -534,6 +559,8 @@ class PluginHost:
             self._on_violation_frame(frame)
         elif frame.ftype == FrameType.DB and frame.seq == seq:
             send_frame(self._sock, FrameType.DB_RESULT, seq, self._on_db(frame, deadline))
+        elif frame.ftype == FrameType.USAGE and frame.seq == seq and phase == "request":
+            self._usage_files = _files_opened(frame.payload)
         else:
             raise _ProtocolViolation(f"unexpected {frame!r} during {phase} {seq}")
 
@@ -668,6 +695,17 @@ class PluginHost:
 
 class _ProtocolViolation(Exception):
     pass
+
+
+def _files_opened(payload: bytes) -> int:
+    """The ``files_opened`` of a USAGE frame; anything else is a protocol violation."""
+    try:
+        value = json.loads(payload)["files_opened"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise _ProtocolViolation(f"malformed USAGE frame: {exc}") from None
+    if type(value) is not int or value < 0:
+        raise _ProtocolViolation(f"malformed USAGE frame: files_opened {value!r}")
+    return value
 
 
 class _ForgedReply(Exception):

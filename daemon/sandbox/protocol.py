@@ -41,8 +41,8 @@ __all__ = [
     "send_frame",
 ]
 
-#: Bump when a frame type or payload shape changes incompatibly.
-PROTOCOL_VERSION = 1
+#: Bump when a frame type or payload shape changes incompatibly (2: ``USAGE``).
+PROTOCOL_VERSION = 2
 
 HEADER = struct.Struct("!IBI")
 _HEADER_SIZE = HEADER.size
@@ -73,6 +73,9 @@ class FrameType(enum.IntEnum):
     STOP = 10
     #: child -> parent: setup or lock-down failed; an error envelope, then the child exits.
     FAILED = 11
+    #: child -> parent, right before a CALL's ``RESULT``: what the request used inside
+    #: the child, ``{"files_opened": n}`` (``PluginHost.last_usage``; ``dev run`` prints it).
+    USAGE = 12
 
 
 class PeerClosed(ConnectionError):

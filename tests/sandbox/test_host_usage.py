@@ -1,0 +1,39 @@
+"""``PluginHost.last_usage``: the budgets one call used (wall time, ctx.db queries, files).
+
+The child reports its file count in a ``USAGE`` frame right before the ``RESULT``; the
+host counts ``ctx.db`` queries itself. ``plugvisor dev run`` prints these figures.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from plugvisor.core.errors import BudgetExceeded
+
+
+def test_usage_counts_db_queries_and_files(kit: Any) -> None:
+    host = kit.spawn("ok_db")
+    assert host.last_usage is None
+    assert host.call({"add": ["a", "b"]}, timeout=10.0)["rows"] == [[1, "a"], [2, "b"]]
+    usage = host.last_usage
+    assert usage is not None
+    assert usage.db_queries == 3  # two inserts and one select
+    assert usage.files_opened == 0
+    assert 0 < usage.elapsed < 10.0
+    host.call({}, timeout=10.0)
+    assert host.last_usage is not None and host.last_usage.db_queries == 1
+
+
+def test_usage_counts_files_opened(kit: Any) -> None:
+    host = kit.spawn("atk_many_files")
+    assert host.call({"count": 7}, timeout=10.0) == 7
+    assert host.last_usage is not None and host.last_usage.files_opened == 7
+
+
+def test_usage_after_a_budget_breach(kit: Any) -> None:
+    host = kit.spawn("atk_many_files")
+    limit = int(host.spec.profile.max_files)
+    err = kit.call_error(host, {"count": limit + 5}, timeout=10.0)
+    assert isinstance(err, BudgetExceeded) and err.code == "budget.files"
+    usage = host.last_usage
+    assert usage is not None and usage.files_opened == limit + 1  # the refused open counts
