@@ -78,6 +78,10 @@ def make_celery(settings: Settings) -> PlugvisorCelery:
         # A pool child killed by a signal or the OOM killer counts as "not done": the
         # message is requeued instead of acknowledged as failed.
         "task_reject_on_worker_lost": True,
+        # How long the parent waits for a dead child's result before declaring it lost
+        # (default 10 s). A task redelivered because of a too-short wait is harmless:
+        # its finished steps are skipped. So recovery is quick rather than cautious.
+        "worker_lost_wait": 2.0,
         # Reserve one message per pool process: with late acks a prefetched message
         # is invisible to other workers while this one is busy with a long scan.
         "worker_prefetch_multiplier": 1,

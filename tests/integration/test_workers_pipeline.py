@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from celery.exceptions import TimeoutError as CeleryTimeout
 from kombu.connection import Connection as KombuConnection
@@ -487,6 +488,41 @@ def test_spooled_upload_is_removed_once_the_job_finished(kit: WorkerKit) -> None
     assert not good.exists() and not bad.exists()
     assert outside.exists()  # given by path, not spooled: not ours to remove
     assert Quarantine(kit.layout).list()[-1].archive is not None  # the refused copy stays
+
+
+def _slow_plugin_source(lines: int) -> str:
+    """Honest code long enough that scanning it takes a second or more."""
+    body = "\n".join(
+        f"def f{i}(x):\n    return json.dumps({{'v': x + {i}}})\n" for i in range(lines)
+    )
+    return "import json\n\n" + body + "\n\nclass Plugin:\n    def handle(self, request):\n" \
+        "        return f0(1)\n"  # fmt: skip
+
+
+def test_pool_process_killed_mid_scan_loses_no_job(kit: WorkerKit) -> None:
+    """SIGKILL the pool child while it scans: the message is requeued and the step re-run."""
+    archive = kit.build(_slow_plugin_source(1500))  # scan ~0.6 s: a wide kill window
+    job_id = start_job(kit.settings, "upload", {"archive": str(archive)})
+    registry = kit.registry()
+    deadline = time.monotonic() + JOB_TIMEOUT
+    while True:  # wait for the scan step to be under way
+        job = registry.get_job(job_id)
+        if job.status is JobStatus.running and job.step == "scan":
+            break
+        assert job.status is JobStatus.queued or job.status is JobStatus.running, job.to_dict()
+        assert time.monotonic() < deadline, "scan step never started"
+        time.sleep(0.005)
+    children = psutil.Process(kit.proc.pid).children()
+    assert children, "prefork worker without a pool process"
+    for child in children:
+        child.kill()
+    done = kit.wait(job_id)
+    registry.close()
+    _assert_succeeded(kit, done)
+    attempts = {s["name"]: s["attempt"] for s in done.steps}
+    assert attempts == {"validate_install": 1, "scan": 2}, done.steps
+    assert done.result["status"] == "approved"
+    assert kit.proc.poll() is None  # the worker itself survived and replaced its child
 
 
 def test_jobs_queued_while_the_worker_is_down_run_after_a_crash(kit: WorkerKit) -> None:
