@@ -1,17 +1,22 @@
 """Hostile plugins against the sandbox: each tries one thing; the effect is checked from outside.
 
-Every attack plugin under ``plugins/atk_*`` was checked to succeed when run as the
-sandbox user without the sandbox (same uid; target files and directories made
-world-writable), so a passing test means a sandbox layer stopped it, not file
-permissions. Each test asserts three things: the error code the caller gets, that the
-effect is absent (looked at from this process: files, sockets, processes, rlimits, the
-plugin's database), and that a fresh benign host of the same spawner still answers.
+The attacks on files, programs, sockets and other processes were checked to succeed
+when run as the sandbox user without the sandbox, against the same targets: files and
+directories are made world-writable (or owned by the sandbox user), victims run as that
+user, so a passing test means a sandbox layer stopped it, not file permissions. Where the
+kernel's uid checks stop an attack anyway (SIGKILL to PID 1 or the root-owned parent,
+setuid(0)), the test still runs, and a variant against a target of the sandbox user
+(a victim process, another plugin's host) carries the weight. Each test asserts the
+error code the caller gets, that the effect is absent (looked at from this process:
+files, sockets, processes, rlimits, namespaces, the plugin's database), and that a fresh
+benign host of the same spawner still answers.
 
 Most attacks run twice (the ``layered`` fixture): against the full sandbox, where the
 in-process policy usually refuses them first (often at the import), and against hosts
 with the OS layers alone (``Spawner(in_process_policy=False)``), which shows that the
-kernel layers hold for whatever gets past the policy. In the OS-only run, an attack
-whose kernel layers are all missing on this machine is skipped, naming them.
+kernel layers hold for whatever gets past the policy (``atk_policy_off`` shows that
+something can). In the OS-only run, an attack whose kernel layers are all missing on
+this machine is skipped, naming them.
 """
 
 from __future__ import annotations
