@@ -149,14 +149,16 @@ class CallServer:
     def stop_accepting(self) -> None:
         """Close the listening socket and remove its file; connections stay until drain."""
         self._accepting.clear()
+        bound = self._listener is not None
         if self._listener is not None:
             # A listening socket may refuse shutdown (not connected); closing suffices then.
             with contextlib.suppress(OSError):
                 self._listener.shutdown(socket.SHUT_RDWR)
             self._listener.close()
             self._listener = None
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        if bound:  # never remove the socket of another daemon we refused to replace
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
         if self._thread is not None:
             self._thread.join(timeout=2.0)
 

@@ -14,6 +14,7 @@ and drain limits take effect at once; pool sizes apply to pools started afterwar
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import threading
@@ -59,6 +60,7 @@ class Daemon:
         self.swap: SwapEngine | None = None
         self.calls: CallServer | None = None
         self.control: ControlPlane | None = None
+        self._lock_fd: int | None = None
 
     # ---- start ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -102,19 +104,29 @@ class Daemon:
         _log.info("sandbox_layers", layers={x.name: x.active for x in report})
 
     def _write_pid(self) -> None:
-        pid_path = self.layout.daemon_pid
+        """Take ``run/daemon.lock`` for the daemon's lifetime, then write ``run/daemon.pid``.
+
+        The lock (``flock``) is what makes a second daemon on the same state directory
+        refuse to start; the kernel drops it when this process dies, even by ``kill -9``.
+        """
+        lock_path = self.layout.run_dir / "daemon.lock"
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
         try:
-            other = int(pid_path.read_text().strip())
-        except (OSError, ValueError):
-            other = 0
-        if other and other != os.getpid() and _is_daemon(other):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            try:
+                other = self.layout.daemon_pid.read_text().strip()
+            except OSError:
+                other = "?"
             raise StateError(
                 "daemon_running", f"a daemon (pid {other}) already runs for {self.layout.root}",
                 pid=other,
-            )  # fmt: skip
-        tmp = pid_path.with_name(f".daemon.pid.{os.getpid()}")
+            ) from None  # fmt: skip
+        self._lock_fd = fd
+        tmp = self.layout.daemon_pid.with_name(f".daemon.pid.{os.getpid()}")
         tmp.write_text(f"{os.getpid()}\n")
-        os.replace(tmp, pid_path)
+        os.replace(tmp, self.layout.daemon_pid)
 
     # ---- callbacks ------------------------------------------------------------------------
     def _on_violation(self, plugin: str, version: str, kind: str, detail: str) -> None:
@@ -188,11 +200,13 @@ class Daemon:
         self.notifier.close()
         if self.registry is not None:
             self.registry.close()
-        for path in (self.layout.daemon_pid, self.layout.daemon_socket):
-            with contextlib.suppress(FileNotFoundError):
-                if path == self.layout.daemon_pid and path.read_text().strip() != str(os.getpid()):
-                    continue  # not ours any more
-                path.unlink()
+        # The socket file went with stop_accepting(); the pid file only if it names us.
+        with contextlib.suppress(FileNotFoundError):
+            if self.layout.daemon_pid.read_text().strip() == str(os.getpid()):
+                self.layout.daemon_pid.unlink()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock last, after run/ is cleaned up
+            self._lock_fd = None
         _log.info("daemon_stopped", took_s=round(time.monotonic() - t0, 3))
 
 
@@ -204,14 +218,6 @@ def _security_log(layout: StateLayout) -> Any:
         _log.error("security_log_unavailable", error=str(exc))
         return None
     return SecurityLog(layout.security_log)
-
-
-def _is_daemon(pid: int) -> bool:
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return b"plugvisor" in cmdline and b"daemon" in cmdline
 
 
 def run_daemon(settings: Settings, reload: Callable[[], Settings] | None = None) -> int:

@@ -168,3 +168,18 @@ def test_pool_grows_under_concurrency_and_shrinks_when_idle(daemon_kit):
     for t in threads:
         t.join(timeout=10)
     daemon_kit.wait_for(lambda: hosts() == 1, 10, "the pool to shrink back to one host")
+
+
+def test_a_second_daemon_on_the_same_state_dir_is_refused(daemon_kit):
+    daemon_kit.add_version("greeter", "1.0.0", activate=True)
+    daemon_kit.start()
+    second = subprocess.run(
+        [str(VENV_BIN / "plugvisor"), "--state-dir", str(daemon_kit.root), "daemon"],
+        capture_output=True, text=True, timeout=60, env=daemon_kit.env,
+    )  # fmt: skip
+    assert second.returncode != 0
+    assert "state.daemon_running" in second.stderr
+    # The first daemon keeps its socket, pid file and plugins.
+    assert daemon_kit.layout.daemon_socket.exists()
+    assert int(daemon_kit.layout.daemon_pid.read_text()) == daemon_kit.proc.pid
+    assert daemon_kit.client().call("greeter", {})["version"] == "1.0.0"
