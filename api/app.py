@@ -25,7 +25,7 @@ from plugvisor.api.auth import Forbidden
 from plugvisor.api.metrics import ApiMetrics, install_request_metrics
 from plugvisor.client import Client
 from plugvisor.core.config import Settings, load_settings
-from plugvisor.core.errors import AuthError, PlugvisorError
+from plugvisor.core.errors import AuthError, PlugvisorError, StateError
 from plugvisor.core.log import configure_logging, get_logger
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.registry import Registry
@@ -117,7 +117,14 @@ def create_app(
         app.config.update(test_config)
     if not app.testing:
         configure_logging(settings.log_level, settings.log_format, component="api")
-    layout = StateLayout(settings.state_dir).ensure()
+    layout = StateLayout(settings.state_dir)
+    try:
+        layout.ensure()
+    except StateError as err:
+        # Under systemd the tree is made by tmpfiles/the daemon with owners this
+        # unprivileged service cannot chmod; what the API writes (uploads, tokens) it
+        # creates itself, so a partial tree is a warning, not a failed start.
+        _log.warning("state_dir_not_ensured", path=str(layout.root), error=err.message)
     metrics = ApiMetrics()
     app.extensions["plugvisor"] = ApiServices(
         settings=settings,

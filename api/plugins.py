@@ -217,7 +217,7 @@ def upload(form: dict[str, Any]) -> ResponseReturnValue:
 def _save_upload(svc: ApiServices, archive: FileStorage) -> Path:
     """Stream the part to ``staging/uploads/<uuid>.tar.gz`` and enforce the exact size limit."""
     uploads = svc.layout.staging_dir / "uploads"
-    uploads.mkdir(mode=0o700, exist_ok=True)
+    uploads.mkdir(mode=0o700, parents=True, exist_ok=True)
     final = uploads / f"{uuid.uuid4().hex}.tar.gz"
     tmp = final.with_suffix(".part")
     limit = svc.settings.max_upload_bytes
