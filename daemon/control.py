@@ -137,34 +137,50 @@ def send_command(
             got.update(body)
 
     deadline = time.monotonic() + timeout
-    with connect(settings) as conn:
-        conn.ensure_connection(max_retries=3, timeout=min(5.0, timeout))
-        channel = conn.channel()
+
+    def await_reply(conn: Any, channel: Any) -> None:
+        with Consumer(channel, queues=[reply], callbacks=[on_reply], accept=["json"]):
+            while not got:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise JobError(
+                        "timeout", f"no outcome for {kind} command {cid} within {timeout} s "
+                        "(is the daemon running?)", command_id=cid,
+                    )  # fmt: skip
+                try:
+                    conn.drain_events(timeout=min(remaining, 1.0))
+                except TimeoutError:
+                    continue
+
+    for attempt in range(3):
+        published = False
         try:
-            reply(channel).declare()
-            Producer(channel).publish(
-                {"id": cid, "kind": kind, "params": dict(params or {})},
-                exchange=_control_exchange, routing_key="command", declare=[_control_queue],
-                reply_to=reply.name, correlation_id=cid, serializer="json", delivery_mode=2,
-            )  # fmt: skip
-            with Consumer(channel, queues=[reply], callbacks=[on_reply], accept=["json"]):
-                while not got:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise JobError(
-                            "timeout", f"no outcome for {kind} command {cid} within {timeout} s "
-                            "(is the daemon running?)", command_id=cid,
-                        )  # fmt: skip
+            with connect(settings) as conn:
+                conn.ensure_connection(max_retries=3, timeout=min(5.0, timeout))
+                channel = conn.channel()
+                try:
+                    reply(channel).declare()
+                    Producer(channel).publish(
+                        {"id": cid, "kind": kind, "params": dict(params or {})},
+                        exchange=_control_exchange, routing_key="command",
+                        declare=[_control_queue], reply_to=reply.name, correlation_id=cid,
+                        serializer="json", delivery_mode=2,
+                    )  # fmt: skip
+                    published = True
+                    await_reply(conn, channel)
+                finally:
                     try:
-                        conn.drain_events(timeout=min(remaining, 1.0))
-                    except TimeoutError:
-                        continue
-        finally:
-            try:
-                reply(channel).delete()
-            except conn.connection_errors + conn.channel_errors as exc:
-                _log.debug("reply_queue_delete_failed", error=str(exc))
-            channel.close()
+                        reply(channel).delete()
+                    except _CONN_ERRORS as exc:
+                        _log.debug("reply_queue_delete_failed", error=str(exc))
+                    channel.close()
+            return got
+        except _RACE_ERRORS as exc:
+            # kombu's SQLite transport creates a queue's row on first use without handling
+            # a concurrent creator (UNIQUE constraint): nothing was sent yet, so try again.
+            if published or attempt == 2:
+                raise
+            _log.info("send_command_retry", id=cid, error=str(exc).splitlines()[0])
     return got
 
 
@@ -182,19 +198,26 @@ def fetch_events(
         if isinstance(body, dict):
             events.append(body)
 
-    with connect(settings) as conn:
-        conn.ensure_connection(max_retries=3, timeout=5)
-        channel = conn.channel()
-        with Consumer(channel, queues=[_events_queue], callbacks=[on_event], accept=["json"]):
-            while len(events) < limit:
-                before = len(events)
-                try:
-                    conn.drain_events(timeout=timeout)
-                except TimeoutError:
-                    break
-                if len(events) == before:
-                    break
-        channel.close()
+    for attempt in range(3):
+        try:
+            with connect(settings) as conn:
+                conn.ensure_connection(max_retries=3, timeout=5)
+                channel = conn.channel()
+                queues = [_events_queue]
+                with Consumer(channel, queues=queues, callbacks=[on_event], accept=["json"]):
+                    while len(events) < limit:
+                        before = len(events)
+                        try:
+                            conn.drain_events(timeout=timeout)
+                        except TimeoutError:
+                            break
+                        if len(events) == before:
+                            break
+                channel.close()
+            return events
+        except _RACE_ERRORS:
+            if events or attempt == 2:  # see send_command: only a first-use race is retried
+                raise
     return events
 
 
@@ -361,6 +384,17 @@ def _connection_errors() -> tuple[type[Exception], ...]:
 
 
 _CONN_ERRORS = _connection_errors()
+
+
+def _race_errors() -> tuple[type[Exception], ...]:
+    try:
+        from sqlalchemy.exc import IntegrityError  # noqa: PLC0415
+    except ImportError:
+        return ()
+    return (IntegrityError,)
+
+
+_RACE_ERRORS = _race_errors()
 
 
 def _redact(url: str) -> str:

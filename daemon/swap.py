@@ -2,7 +2,9 @@
 
 One swap of plugin ``name`` to ``version`` (serialised per plugin by the slot's lock):
 
-1. re-check dependencies (``Registry.check_dependencies``): refuse naming each conflict;
+1. refuse a version that is not approved or retired (quarantined or unreviewed code is
+   never spawned) and re-check dependencies (``Registry.check_dependencies``), naming
+   each conflict;
 2. verify the version's files and start a new pool: first host spawned, ``setup()``
    run and ``health()`` true within ``swap_health_timeout_s`` — on failure nothing has
    changed and the command fails with the reason;
@@ -29,6 +31,7 @@ from typing import Any
 from plugvisor.core.errors import ConflictError, DependencyError, PlugvisorError, SandboxError
 from plugvisor.core.log import get_logger
 from plugvisor.daemon.supervisor import PluginSlot, SlotState, Supervisor, Watch
+from plugvisor.state.registry import ACTIVATABLE
 
 __all__ = ["SwapEngine"]
 
@@ -63,6 +66,15 @@ class SwapEngine:
             running = slot.pool.version if slot.pool is not None else None
             if plugin.active_version == version and running == version:
                 return {"plugin": name, "outcome": "kept", "from": version, "to": version}
+            target = reg.get_version(name, version)
+            if target.status not in ACTIVATABLE:
+                # Refused before anything is spawned: quarantined or unreviewed code never runs.
+                raise ConflictError(
+                    "not_activatable",
+                    f"{name} {version} is {target.status.value}; only approved or retired "
+                    "versions can be activated",
+                    plugin=name, version=version, status=target.status.value,
+                )  # fmt: skip
             conflicts = reg.check_dependencies((name, version))
             if conflicts:
                 self._failed(name, kind, running, version, "; ".join(conflicts))

@@ -29,7 +29,7 @@ import pytest
 from plugvisor.client import Client
 from plugvisor.core.config import Settings, load_settings
 from plugvisor.state.layout import StateLayout
-from plugvisor.state.registry import Registry
+from plugvisor.state.registry import Registry, VersionStatus
 from plugvisor.testing import store_test_version
 
 REPO = Path(__file__).resolve().parents[2]
@@ -82,11 +82,13 @@ class DaemonKit:
         *,
         requires: dict[str, str] | None = None,
         activate: bool = False,
+        status: str = "approved",
     ) -> str:
         """Build, store and record one version of the versioned test plugin; return its digest."""
         return store_test_version(
-            self.layout, name, version, mode, requires=requires, activate=activate
-        )
+            self.layout, name, version, mode, requires=requires, activate=activate,
+            status=VersionStatus(status),
+        )  # fmt: skip
 
     # ---- the daemon process ----------------------------------------------------------------
     def start(self, timeout: float = 30.0) -> None:

@@ -83,7 +83,14 @@ def test_unhealthy_version_is_never_served(daemon_kit):
     daemon_kit.add_version("careful", "1.0.0", activate=True)
     daemon_kit.add_version("careful", "2.0.0", mode="unhealthy")
     daemon_kit.add_version("careful", "3.0.0", mode="setup_error")
+    daemon_kit.add_version("careful", "4.0.0", mode="violate", status="review")
     daemon_kit.start()
+    # A version waiting for review is refused before anything of it is spawned.
+    refused = daemon_kit.command("activate", name="careful", version="4.0.0")
+    assert not refused["ok"] and refused["error"]["code"] == "conflict.not_activatable"
+    assert not daemon_kit.layout.security_log.exists() or "4.0.0" not in (
+        daemon_kit.layout.security_log.read_text()
+    )
     with Load(daemon_kit, "careful", threads=3) as load:
         for bad in ("2.0.0", "3.0.0"):
             outcome = daemon_kit.command("activate", name="careful", version=bad)
