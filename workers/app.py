@@ -39,6 +39,7 @@ __all__ = [
     "make_celery",
     "prune_delivered_messages",
     "run_worker",
+    "soft_time_limit",
 ]
 
 
@@ -55,6 +56,16 @@ def broker_urls(settings: Settings) -> tuple[str, str]:
     if settings.embedded_broker:
         return f"sqla+sqlite:///{layout.broker_db}", settings.result_backend or sqlite_results
     return settings.broker_url, settings.result_backend or sqlite_results
+
+
+#: Share of ``job_time_limit_s`` after which the soft limit fires; the rest is left to
+#: record the failure on the job before the hard limit kills the process.
+SOFT_LIMIT_FRACTION = 0.9
+
+
+def soft_time_limit(settings: Settings) -> float:
+    """Seconds a task may run before SoftTimeLimitExceeded is raised inside it."""
+    return float(settings.job_time_limit_s) * SOFT_LIMIT_FRACTION
 
 
 def make_celery(settings: Settings) -> PlugvisorCelery:
@@ -88,7 +99,7 @@ def make_celery(settings: Settings) -> PlugvisorCelery:
         # Hard limit kills the pool child; the soft limit before it raises inside the
         # task so the step records job.time_limit instead of leaving the job "running".
         "task_time_limit": hard,
-        "task_soft_time_limit": hard * 0.9,  # 10% of the budget left to record the failure
+        "task_soft_time_limit": soft_time_limit(settings),
         # A worker started before the broker (systemd ordering, RabbitMQ restarting)
         # waits for it instead of exiting.
         "broker_connection_retry_on_startup": True,

@@ -113,6 +113,8 @@ class JobRun:
         self.task = task
         self.log = get_logger("plugvisor.job", job_id=job_id, task=task)
         self.record = registry.get_job(job_id)
+        #: ``time.monotonic()`` when this task took the job: the time limits count from it.
+        self.started = time.monotonic()
 
     @property
     def params(self) -> dict[str, Any]:
@@ -222,7 +224,16 @@ class JobRun:
         if self.refresh().status in (JobStatus.succeeded, JobStatus.failed):
             return
         data = error.to_dict() if isinstance(error, PlugvisorError) else dict(error)
-        self.record = self.registry.update_job(self.job_id, status=JobStatus.failed, error=data)
+        # A step left "running" (its process was killed) failed with the job.
+        steps = [
+            dict(s, status=StepStatus.FAILED, finished=_now(), error=data)
+            if s.get("status") == StepStatus.RUNNING
+            else dict(s)
+            for s in self.record.steps
+        ]
+        self.record = self.registry.update_job(
+            self.job_id, status=JobStatus.failed, error=data, steps=steps
+        )
         self.log.warning("job.failed", code=data.get("code"), message=data.get("message"))
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import tarfile
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,7 @@ from plugvisor.core.profile import load_profile
 from plugvisor.state.install import install_archive
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.registry import JobStatus, Registry, VersionRecord, VersionStatus
+from plugvisor.workers.app import soft_time_limit
 from plugvisor.workers.jobs import JobFailed, JobRun, Step, open_registry
 from plugvisor.workers.scanner import ScanReport, Severity, scan_tree
 
@@ -202,11 +204,28 @@ def _version_ref(record: VersionRecord) -> dict[str, Any]:
     }
 
 
-def scan_version(settings: Settings, record: VersionRecord) -> ScanReport:
-    """Scan the stored tree of one version against its own profile."""
+def scan_version(
+    settings: Settings, record: VersionRecord, task_started: float | None = None
+) -> ScanReport:
+    """Scan the stored tree of one version against its own profile.
+
+    ``task_started`` (``time.monotonic()`` at task start): Bandit catches every
+    exception per file, the soft time limit's included, and reports the file as
+    skipped, so a scan can "finish" after the limit fired. A scan that ends past the
+    soft limit is therefore refused here as ``job.time_limit``, never reported as done.
+    """
     profile = load_profile(record.profile or settings.default_profile, settings)
     tree = StateLayout(settings.state_dir).version_dir(record.digest)
-    return scan_tree(tree, profile)
+    report = scan_tree(tree, profile)
+    limit = soft_time_limit(settings)
+    if task_started is not None and time.monotonic() - task_started >= limit:
+        raise JobError(
+            "time_limit",
+            f"scan of {record.plugin} {record.version} ran past the soft time limit of "
+            f"{limit:.1f}s (setting job_time_limit_s)",
+            plugin=record.plugin, version=record.version,
+        )  # fmt: skip
+    return report
 
 
 def _scan(job: JobRun, settings: Settings) -> None:
@@ -219,7 +238,7 @@ def _scan(job: JobRun, settings: Settings) -> None:
     def scan(step: Step) -> dict[str, Any]:
         record = registry.get_version(name, version)
         try:
-            report = scan_version(settings, record)
+            report = scan_version(settings, record, job.started)
         except ProfileError as err:
             # A version whose profile does not exist (or does not parse) can be neither
             # checked nor sandboxed: refused for good, like an invalid archive.
@@ -287,7 +306,7 @@ def _audit(job: JobRun, settings: Settings) -> None:
 
         def rescan(_step: Step, name: str = name, version: str = version) -> dict[str, Any]:
             record = registry.get_version(name, version)
-            report = scan_version(settings, record)
+            report = scan_version(settings, record, job.started)
             data = report.to_dict()
             data["threshold"] = str(threshold)
             registry.set_report(name, version, data)

@@ -176,27 +176,31 @@ def kit(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[WorkerKit]:
     """One worker per broker for the module (start-up ~1 s; the tests share it)."""
+    url = ""
+    if request.param == "rabbitmq":
+        try:
+            url = request.getfixturevalue("rabbitmq_url")
+        except pytest.FixtureLookupError:
+            pytest.skip("RabbitMQ variant: no rabbitmq_url fixture in tests/conftest.py")
+    yield from _kit(tmp_path_factory.mktemp(f"workers-{request.param}"), url, {})
+
+
+def _kit(base: Path, broker_url: str, settings_env: dict[str, str]) -> Iterator[WorkerKit]:
+    """A state dir, keys and a running worker; ``settings_env``: more PLUGVISOR_* for it."""
     # Own queue and node name: other suites (or engineers) may share the RabbitMQ broker.
     queue = f"plugvisor.jobs.test-{uuid.uuid4().hex[:12]}"
     env_extra = {
         "PLUGVISOR_BROKER_POLLING_INTERVAL": "0.01",
         "PLUGVISOR_LOG_FORMAT": "console",
         "PLUGVISOR_JOB_QUEUE": queue,
+        "PLUGVISOR_BROKER_URL": broker_url,
+        **settings_env,
     }
-    if request.param == "rabbitmq":
-        try:
-            url = request.getfixturevalue("rabbitmq_url")
-        except pytest.FixtureLookupError:
-            pytest.skip("RabbitMQ variant: no rabbitmq_url fixture in tests/conftest.py")
-        env_extra["PLUGVISOR_BROKER_URL"] = url
-    base = tmp_path_factory.mktemp(f"workers-{request.param}")
     root = base / "state"
     overrides: dict[str, Any] = {
-        "state_dir": str(root),
-        "broker_polling_interval": 0.01,
-        "broker_url": env_extra.get("PLUGVISOR_BROKER_URL", ""),
-        "job_queue": queue,
+        key[len("PLUGVISOR_") :].lower(): value for key, value in env_extra.items()
     }
+    overrides["state_dir"] = str(root)
     settings = load_settings(overrides, env={})
     StateLayout(root).ensure()
     generate_keypair(base / "signer")
@@ -537,3 +541,22 @@ def test_jobs_queued_while_the_worker_is_down_run_after_a_crash(kit: WorkerKit) 
     for job in done:
         _assert_succeeded(kit, job)
     assert [job.result["status"] for job in done] == ["approved", "review"]
+
+
+@pytest.fixture
+def short_limit_kit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerKit]:
+    """A worker (embedded broker) whose tasks may run 1.5 s (soft limit 1.35 s)."""
+    yield from _kit(
+        tmp_path_factory.mktemp("workers-limit"), "", {"PLUGVISOR_JOB_TIME_LIMIT_S": "1.5"}
+    )
+
+
+def test_scan_past_the_time_limit_fails_the_job(short_limit_kit: WorkerKit) -> None:
+    kit = short_limit_kit
+    job = kit.upload(kit.build(_slow_plugin_source(6000)))  # scanning takes ~2.5 s
+    assert job.status is JobStatus.failed, (job.to_dict(), kit.worker_log())
+    assert job.error["code"] == "job.time_limit", job.error
+    assert [s["status"] for s in job.steps] == ["succeeded", "failed"]
+    with kit.registry() as reg:
+        record = reg.get_version(job.steps[0]["result"]["name"], "1.0.0")
+    assert record.status is VersionStatus.review  # never approved without a full scan

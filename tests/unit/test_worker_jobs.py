@@ -101,6 +101,19 @@ def test_soft_time_limit_becomes_job_time_limit(settings: Settings) -> None:
     assert job.record.error is not None and job.record.error["code"] == "job.time_limit"
 
 
+def test_fail_marks_a_step_left_running_as_failed(settings: Settings) -> None:
+    job = _job(settings)
+    open_registry(settings).update_job(
+        job.job_id, status=JobStatus.running,
+        steps=[{"name": "a", "status": "succeeded"}, {"name": "b", "status": "running"}],
+    )  # fmt: skip
+    job.fail(JobError("time_limit", "killed by the hard limit"))
+    record = job.refresh()
+    assert record.status is JobStatus.failed
+    assert [s["status"] for s in record.steps] == ["succeeded", "failed"]
+    assert record.steps[1]["error"]["code"] == "job.time_limit"
+
+
 def test_fail_does_not_overwrite_a_finished_job(settings: Settings) -> None:
     job = _job(settings)
     job.succeed({"ok": True})
