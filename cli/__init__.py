@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "call": ("plugvisor.cli.daemon:call", "Call a plugin through the daemon."),
     "config": ("plugvisor.cli.config:config", "Show every setting and its value."),
     "daemon": ("plugvisor.cli.daemon:daemon", "Run the supervisor daemon (foreground)."),
+    "dev": ("plugvisor.cli.dev:dev", "Run or check an unsigned plugin directory locally."),
+    "init": ("plugvisor.cli.init:init", "Scaffold a new plugin directory."),
     "install": ("plugvisor.cli.install:install", "Validate and install a signed archive."),
     "jobs": ("plugvisor.cli.remote:jobs", "Show a job or list recent jobs via the API."),
     "keys": ("plugvisor.cli.keys:keys", "Generate, trust and list signing keys."),
