@@ -354,7 +354,7 @@ def test_write_refused(layered: Any, name: str, target: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["atk_truncate", "atk_remove", "atk_rename", "atk_chmod", "atk_utime"]
+    "name", ["atk_truncate", "atk_remove", "atk_rename", "atk_chmod", "atk_utime", "atk_setxattr"]
 )
 def test_existing_file_is_not_modified(layered: Any, name: str) -> None:
     """A file outside the plugin, owned by the sandbox user in a world-writable directory.
@@ -379,6 +379,7 @@ def test_existing_file_is_not_modified(layered: Any, name: str) -> None:
         before.st_uid,
         before.st_mtime_ns,
     ), f"{name} changed the file's metadata"
+    assert os.listxattr(target) == [], f"{name} set extended attributes"
     layered.assert_benign_still_works()
 
 
