@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 import yaml
 
@@ -268,16 +267,3 @@ def kit(
     k = SandboxKit(sandbox_settings, sandbox_layout, spawner, security_log)
     yield k
     k.stop_all()
-
-
-@pytest.fixture
-def process_alive() -> Callable[[int], bool]:
-    """True when ``pid`` exists and is not a zombie (checked with psutil, from outside)."""
-
-    def alive(pid: int) -> bool:
-        try:
-            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            return False
-
-    return alive
