@@ -490,6 +490,7 @@ def lock_down(
         out.append(LayerStatus(name, available, False, reason))
         timed(name)
 
+    template_pid = os.getppid()
     os.setsid()
     ok("session", "own session and process group; SIGKILL on template death")
 
@@ -528,6 +529,8 @@ def lock_down(
     # Die with the template (which dies with the daemon): no orphaned plugins. Set after
     # the identity change, which resets the parent-death signal.
     _libc.prctl(_PR_SET_PDEATHSIG, 9, 0, 0, 0)
+    if os.getppid() != template_pid:  # it died before the signal was armed
+        raise OSError(errno.ESRCH, "the sandbox template exited during the lock-down")
     if _libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         raise _oserror("PR_SET_NO_NEW_PRIVS")
     _libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
