@@ -331,27 +331,34 @@ class ControlPlane:
 
     # ---- events --------------------------------------------------------------------------
     def publish_event(self, event: Mapping[str, Any]) -> None:
-        """Publish one event to the fanout exchange (thread-safe; errors are logged)."""
+        """Publish one event to the fanout exchange (thread-safe; errors are logged).
+
+        One retry on a fresh connection: a broken connection or kombu's first-use
+        queue-creation race must not lose the event.
+        """
         with self._pub_lock:
-            try:
-                if self._pub_conn is None:
-                    self._pub_conn = connect(self.settings)
-                    self._pub_conn.ensure_connection(max_retries=1, timeout=5)
-                channel = self._pub_conn.default_channel
-                # Virtual transports without shared fanout state (the SQLite one) drop
-                # fanout publishes: there the events queue is addressed directly.
-                fanout = getattr(channel, "supports_fanout", True)
-                Producer(channel).publish(
-                    dict(event), exchange=_events_exchange if fanout else "",
-                    routing_key="" if fanout else EVENTS_EXCHANGE,
-                    declare=[_events_queue], serializer="json", retry=True,
-                    retry_policy={"max_retries": 2},
-                )  # fmt: skip
-            except _CONN_ERRORS as exc:
-                _log.warning("event_publish_failed", error=str(exc), kind=event.get("kind"))
-                if self._pub_conn is not None:
-                    self._pub_conn.release()
-                    self._pub_conn = None
+            for attempt in (1, 2):
+                try:
+                    if self._pub_conn is None:
+                        self._pub_conn = connect(self.settings)
+                        self._pub_conn.ensure_connection(max_retries=1, timeout=5)
+                    channel = self._pub_conn.default_channel
+                    # Virtual transports without shared fanout state (the SQLite one) drop
+                    # fanout publishes: there the events queue is addressed directly.
+                    fanout = getattr(channel, "supports_fanout", True)
+                    Producer(channel).publish(
+                        dict(event), exchange=_events_exchange if fanout else "",
+                        routing_key="" if fanout else EVENTS_EXCHANGE,
+                        declare=[_events_queue], serializer="json", retry=True,
+                        retry_policy={"max_retries": 2},
+                    )  # fmt: skip
+                    return
+                except _CONN_ERRORS as exc:
+                    if self._pub_conn is not None:
+                        self._pub_conn.release()
+                        self._pub_conn = None
+                    if attempt == 2:
+                        _log.warning("event_publish_failed", error=str(exc), kind=event.get("kind"))
 
     def stop(self) -> None:
         self._stop.set()

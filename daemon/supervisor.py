@@ -360,7 +360,7 @@ class Supervisor:
             self._start_if_ready(slot, info)
         finally:
             slot.swap_lock.release()
-        if slot.state is SlotState.ACTIVE:
+        if _state_of(slot) is SlotState.ACTIVE:  # re-read: _start_if_ready changed it
             slot.retry_delay = 0.0
             self.event(slot.name, "started", to_version=slot.version, outcome="active",
                        reason="retried")  # fmt: skip
@@ -639,3 +639,7 @@ def _code_of_refusal(slot: PluginSlot) -> str:
 def _is_integrity(exc: PlugvisorError) -> bool:
     """A version whose files or manifest do not check out (never retried, disabled)."""
     return exc.code == "state.integrity" or exc.area in ("archive", "manifest", "signature")
+
+
+def _state_of(slot: PluginSlot) -> SlotState:
+    return slot.state
