@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from plugvisor.core.errors import PluginRuntimeError
+from plugvisor.core.errors import PluginRuntimeError, PlugvisorError
 from plugvisor.daemon.control import fetch_events, send_command
 
 pytestmark = pytest.mark.slow
@@ -82,3 +82,21 @@ def test_commands_are_applied_recorded_and_answered(broker_kit):
     assert ("swapped", "1.0.0", "1.1.0") in seen
     assert ("swapped", "1.1.0", "1.0.0") in seen
     assert any(kind == "disabled" for kind, _, _ in seen)
+
+
+def test_a_command_the_sender_gave_up_on_is_never_applied(daemon_kit):
+    kit = daemon_kit
+    kit.add_version("late", "1.0.0", activate=True)
+    kit.start()
+    assert kit.command("status")["ok"]  # the control queue exists
+    assert kit.stop() == 0
+    with pytest.raises(PlugvisorError) as exc:
+        send_command(kit.settings, "disable", {"name": "late", "reason": "x"}, timeout=1,
+                     command_id="late-1")  # fmt: skip
+    assert exc.value.code == "job.timeout"
+    kit.start()
+    # The expired command was dropped; a re-send with the same id is applied normally.
+    assert kit.client().call("late", {})["version"] == "1.0.0"
+    again = send_command(kit.settings, "disable", {"name": "late", "reason": "x"}, timeout=30,
+                         command_id="late-1")  # fmt: skip
+    assert again["ok"] and again["result"]["outcome"] == "disabled"
