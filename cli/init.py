@@ -114,7 +114,9 @@ A plugvisor plugin (profile `{profile}`).
     plugvisor dev check .                       # the upload's package rules and scan
     plugvisor dev run . --request '{{"name": "Ada"}}'   # one request in the real sandbox
     python -m pytest tests                      # sandboxed tests (plugvisor.testing)
-    plugvisor keys generate ~/.plugvisor/author.key   # once; give author.key.pub to the operator
+    mkdir -p ~/.plugvisor && plugvisor keys generate ~/.plugvisor/author.key
+                                                # once, outside the plugin directory;
+                                                # give author.key.pub to the operator
     plugvisor pack . --key ~/.plugvisor/author.key    # writes {name}-0.1.0.tar.gz
 
 Bump `version` in plugin.yaml for every upload: a version equal to or lower than one
