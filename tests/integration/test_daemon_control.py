@@ -10,7 +10,7 @@ from plugvisor.daemon.control import fetch_events, send_command
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(params=["sqlite", "rabbitmq"])
+@pytest.fixture(params=["sqlite", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)])
 def broker_kit(request, daemon_kit):
     if request.param == "rabbitmq":
         url = request.getfixturevalue("rabbitmq_url")
