@@ -179,7 +179,13 @@ class JobRun:
             yield step
         except JobFailed:
             raise
-        except BaseException as exc:
+        except (SystemExit, KeyboardInterrupt, GeneratorExit):
+            # The process is being stopped (hard time limit, shutdown), not the step
+            # failing: leave the step "running" for the parent to settle (time limit ->
+            # JobTask.on_failure) or for the requeued message to retry (lost worker).
+            self.log.warning("job.step.interrupted", step=name)
+            raise
+        except Exception as exc:
             error = _error_of(exc, self.log, name)
             entry.update(
                 status=StepStatus.FAILED,
@@ -189,8 +195,6 @@ class JobRun:
             )
             self._save_step(entry, status=JobStatus.failed, step=name, error=error)
             self.log.warning("job.failed", step=name, code=error["code"], message=error["message"])
-            if not isinstance(exc, Exception):
-                raise  # KeyboardInterrupt, SystemExit: let the worker handle its shutdown
             raise JobFailed(self.job_id, error) from exc
         entry.update(
             status=StepStatus.SUCCEEDED,
@@ -237,7 +241,7 @@ class JobRun:
         self.log.warning("job.failed", code=data.get("code"), message=data.get("message"))
 
 
-def _error_of(exc: BaseException, log: Any, step: str) -> dict[str, Any]:
+def _error_of(exc: Exception, log: Any, step: str) -> dict[str, Any]:
     if isinstance(exc, PlugvisorError):
         return exc.to_dict()
     if isinstance(exc, SoftTimeLimitExceeded):

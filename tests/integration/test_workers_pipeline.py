@@ -17,6 +17,7 @@ import tarfile
 import textwrap
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ import psutil
 import pytest
 from celery.exceptions import TimeoutError as CeleryTimeout
 from kombu.connection import Connection as KombuConnection
+from kombu.exceptions import KombuError
 
 from plugvisor.core.archive import pack
 from plugvisor.core.config import Settings, load_settings
@@ -218,10 +220,15 @@ def _kit(base: Path, broker_url: str, settings_env: dict[str, str]) -> Iterator[
 
 def _delete_queue(url: str, queue: str) -> None:
     """Remove this module's durable queue and exchange from a (possibly shared) RabbitMQ."""
-    with KombuConnection(url, connect_timeout=5) as conn:
-        channel = conn.channel()
-        channel.queue_delete(queue)
-        channel.exchange_delete(queue)
+    try:
+        with KombuConnection(url, connect_timeout=5) as conn:
+            channel = conn.channel()
+            channel.queue_delete(queue)
+            channel.exchange_delete(queue)
+    except (OSError, KombuError) as exc:
+        # A broker shared with another test session may be gone already (its owner
+        # stopped it); the queue went with it.
+        warnings.warn(f"could not delete RabbitMQ queue {queue}: {exc}", stacklevel=1)
 
 
 def _assert_succeeded(kit: WorkerKit, job: Any) -> None:

@@ -93,6 +93,17 @@ def test_unexpected_exception_becomes_job_internal(settings: Settings) -> None:
     assert "KeyError" in record.error["message"]
 
 
+def test_process_stop_leaves_the_step_running_for_a_retry(settings: Settings) -> None:
+    job = _job(settings)
+    with pytest.raises(SystemExit), job.step("scan"):
+        raise SystemExit(-15)  # how billiard stops a pool child at the hard time limit
+    record = job.refresh()
+    assert record.status is JobStatus.running and record.error is None
+    assert record.steps[0]["status"] == "running"
+    with JobRun(open_registry(settings), job.job_id).step("scan") as step:
+        assert step.retried and step.attempt == 2
+
+
 def test_soft_time_limit_becomes_job_time_limit(settings: Settings) -> None:
     job = _job(settings)
     with pytest.raises(JobFailed), job.step("scan"):
