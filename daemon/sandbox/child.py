@@ -317,6 +317,7 @@ def serve(
     rt = _Runtime(chan, cfg, policy)
     holder.append(rt)
     log = _Log(chan)
+    sys.dont_write_bytecode = True  # the code dir is read-only: no __pycache__ attempts
     sys.stdout = _StdStream(log, "stdout")
     sys.stderr = _StdStream(log, "stderr")
     ctx = PluginContext(

@@ -207,7 +207,12 @@ _SECCOMP_DENY = [
     "memfd_secret",
     "vhangup",
     "uselib",
-]
+    # Metadata changes: Landlock (ABI <= 7) does not cover them, and a file owned by the
+    # sandbox user elsewhere (another plugin's data under trusted) would be fair game.
+    "chmod", "fchmod", "fchmodat", "fchmodat2", "chown", "fchown", "lchown", "fchownat",
+    "utime", "utimes", "futimesat", "utimensat", "setxattr", "lsetxattr", "fsetxattr",
+    "setxattrat", "removexattr", "lremovexattr", "fremovexattr", "removexattrat",
+]  # fmt: skip
 
 
 def build_seccomp_bpf(network_allowed: bool) -> bytes:
@@ -357,9 +362,6 @@ class LockdownPlan:
     uid: int | None  # None: do not change identity (not root)
     gid: int | None
     keep_fds: tuple[int, ...] = field(default=())
-
-
-_StatusMap = dict[str, LayerStatus]
 
 
 def _vm_size() -> int:
@@ -548,8 +550,8 @@ def lock_down(
         _load_seccomp(bpf)
         ok(
             "seccomp",
-            "exec/fork/ptrace/mount/bpf/keyctl/... EPERM, clone3 ENOSYS"
-            + ("" if plan.network_allowed else ", socket/connect/bind EPERM"),
+            "exec/fork/ptrace/mount/bpf/keyctl/chmod/chown/utime/xattr/... EPERM, "
+            "clone3 ENOSYS" + ("" if plan.network_allowed else ", socket/connect/bind EPERM"),
         )
     else:
         missing("seccomp", False, res.seccomp_reason or "seccomp unavailable")

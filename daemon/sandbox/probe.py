@@ -50,6 +50,10 @@ class Plugin:
         attempt("fork", fork)
         attempt("exec", lambda: os.execv("/bin/true", ["true"]))
         attempt("kill_parent", lambda: os.kill(os.getppid(), 0))
+        here = os.path.dirname(__file__)
+        attempt("chmod", lambda: os.chmod(here, 0o777))
+        attempt("utime", lambda: os.utime(here))
+        attempt("setxattr", lambda: os.setxattr(here, "user.probe", b"1"))
         out["uid"] = os.getuid()
         return out
 """
