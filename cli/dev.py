@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -86,9 +87,19 @@ def run(  # noqa: PLR0917 -- click passes every option as an argument
     wall time, peak memory (RSS), files opened and ctx.db queries against the profile's
     budgets, and each violation with the file and line where the sandbox saw it. A host
     killed by a breach is replaced before the next request. Exit 1 if any request failed.
+    The plugin's ctx.log records go to stderr (PLUGVISOR_LOG_LEVEL=warning hides them).
     """
+    from plugvisor.core.log import configure_logging  # noqa: PLC0415
     from plugvisor.devkit import DevSandbox, budget_figure  # noqa: PLC0415 -- sandbox imports
 
+    # The plugin's ctx.log records (info) are what an author wants to see while trying it:
+    # readable, on stderr, unless PLUGVISOR_LOG_LEVEL / PLUGVISOR_LOG_FORMAT say otherwise.
+    configure_logging(
+        level=os.environ.get("PLUGVISOR_LOG_LEVEL", "info"),
+        fmt=os.environ.get("PLUGVISOR_LOG_FORMAT", "console"),
+        component="dev",
+        stream=sys.stderr,
+    )
     reqs = read_requests(request, requests_file)
     failed = 0
     out: list[dict[str, Any]] = []
