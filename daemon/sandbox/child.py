@@ -30,6 +30,7 @@ from plugvisor.daemon.sandbox.protocol import (
     FrameReader,
     FrameType,
     PeerClosed,
+    encode_frame,
     error_envelope,
     ok_envelope,
     request_cap,
@@ -348,9 +349,14 @@ def serve(
         chan.seq = frame.seq
         if frame.ftype == FrameType.CALL:
             envelope = rt.handle(frame.payload)
-            # Usage first, so the parent has it when the RESULT ends the request.
-            chan.send(FrameType.USAGE, b'{"files_opened":%d}' % rt.files_opened())
-            chan.send(FrameType.RESULT, envelope)
+            # Usage first, so the parent has it when the RESULT ends the request; both in
+            # one write, so the parent usually reads them in one recv.
+            usage = b'{"files_opened":%d}' % rt.files_opened()
+            with chan.lock:
+                chan.sock.sendall(
+                    encode_frame(FrameType.USAGE, chan.seq, usage)
+                    + encode_frame(FrameType.RESULT, chan.seq, envelope)
+                )
         elif frame.ftype == FrameType.HEALTH:
             chan.send(FrameType.RESULT, rt.health())
         elif frame.ftype == FrameType.STOP:
