@@ -846,26 +846,21 @@ class Spawner:
         try:
             data = parent.recv(65536)
             info = json.loads(data) if data else {}
-        except (OSError, ValueError) as exc:
+            if not info.get("ok"):
+                raise SandboxError(
+                    "template_failed",
+                    f"sandbox template failed: {info.get('error', 'exited during start-up')}",
+                )
+            check_hello(info)
+        except (OSError, ValueError, SandboxError) as exc:
             proc.kill()
             proc.wait(5)
             parent.close()
+            if isinstance(exc, SandboxError):
+                raise
             raise SandboxError(
                 "template_failed", f"sandbox template did not start within {timeout}s: {exc}"
             ) from exc
-        if not info.get("ok"):
-            proc.kill()
-            proc.wait(5)
-            parent.close()
-            raise SandboxError(
-                "template_failed",
-                f"sandbox template failed: {info.get('error', 'exited during start-up')}",
-            )
-        if info.get("protocol") != PROTOCOL_VERSION:
-            proc.kill()
-            proc.wait(5)
-            parent.close()
-            check_hello(info)
         parent.settimeout(None)
         self._proc, self._ctl, self.template_info = proc, parent, info
         self._reader = threading.Thread(
