@@ -239,6 +239,28 @@ class ControlPlane:
         self.connected = threading.Event()
 
     # ---- consumer ------------------------------------------------------------------------
+    def prepare(self, timeout: float = 5.0) -> bool:
+        """Declare the control and events queues now (bounded); False if the broker is down.
+
+        Called before READY so senders never meet a broker whose tables or queues are
+        still being created (kombu's SQLite transport races on first use).
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with connect(self.settings) as conn:
+                    conn.ensure_connection(max_retries=1, timeout=min(5.0, timeout))
+                    channel = conn.channel()
+                    _control_queue(channel).declare()
+                    _events_queue(channel).declare()
+                    channel.close()
+                return True
+            except _CONN_ERRORS as exc:
+                if time.monotonic() > deadline:
+                    _log.warning("control_plane_unavailable", error=str(exc).splitlines()[0])
+                    return False
+                self._stop.wait(0.1)
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="control-plane", daemon=True)
         self._thread.start()
@@ -407,11 +429,13 @@ _CONN_ERRORS = _connection_errors()
 
 
 def _race_errors() -> tuple[type[Exception], ...]:
+    # Two processes creating kombu's tables or a queue row at once: "table ... already
+    # exists" (OperationalError), "UNIQUE constraint failed" (IntegrityError).
     try:
-        from sqlalchemy.exc import IntegrityError  # noqa: PLC0415
+        from sqlalchemy.exc import IntegrityError, OperationalError  # noqa: PLC0415
     except ImportError:
         return ()
-    return (IntegrityError,)
+    return (IntegrityError, OperationalError)
 
 
 _RACE_ERRORS = _race_errors()

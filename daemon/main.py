@@ -83,6 +83,7 @@ class Daemon:
         self.calls = CallServer(self.layout.daemon_socket, sup.dispatch)
         self.calls.start()
         self.control = ControlPlane(s, self.registry, self.handle_command)
+        self.control.prepare(timeout=5.0)  # a broker that is down is retried in the background
         sup.sinks.append(self.control.publish_event)
         self.control.start()
         port = self.metrics.serve(s.metrics_addr, s.metrics_port)
