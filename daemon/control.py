@@ -28,6 +28,9 @@ other subscribers bind queues of their own). kombu's SQLite transport cannot fan
 each event straight into the ``plugvisor.events`` queue, the one subscription on the
 embedded broker; :func:`fetch_events` reads it on either broker.
 
+One installation per broker vhost: daemons sharing a vhost share ``plugvisor.control``
+and would take each other's commands (the tests give each session a vhost of its own).
+
 Fleet seam (SPEC §8): a per-host queue bound to a fanout command exchange would let
 every host's daemon receive each command and acknowledge it per host; the message shape
 and the idempotent command record already allow it.
