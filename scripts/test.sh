@@ -25,16 +25,19 @@ if [ ${#need[@]} -gt 0 ]; then
     fi
 fi
 
+# Every stage runs even when an earlier one fails, so one run reports every problem.
+failed=()
+
 echo "== ruff"
-.venv/bin/ruff check .
-.venv/bin/ruff format --check .
+.venv/bin/ruff check . || failed+=("ruff check")
+.venv/bin/ruff format --check . || failed+=("ruff format")
 
 echo "== mypy"
 # The repository root is the package `plugvisor`; mypy finds it through a symlink.
 tc=$(mktemp -d)
 trap 'rm -rf "$tc"' EXIT
 ln -s "$(pwd)" "$tc/plugvisor"
-MYPYPATH="$tc" .venv/bin/mypy -p plugvisor
+MYPYPATH="$tc" .venv/bin/mypy -p plugvisor || failed+=("mypy")
 
 echo "== pytest"
 set +e
@@ -44,4 +47,10 @@ set -e
 if [ $rc -eq 5 ]; then
     echo "test.sh: pytest collected no tests" >&2
 fi
-exit $rc
+[ $rc -eq 0 ] || failed+=("pytest (exit $rc)")
+
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "test.sh: FAILED: ${failed[*]}" >&2
+    exit 1
+fi
+echo "test.sh: all checks passed"
