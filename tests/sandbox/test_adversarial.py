@@ -282,6 +282,32 @@ def test_no_new_user_namespace(layered: Any) -> None:
     layered.assert_benign_still_works()
 
 
+def _key_users() -> dict[str, str]:
+    """``/proc/key-users`` by uid: how many keys each user holds (readable from outside)."""
+    lines = Path("/proc/key-users").read_text().splitlines()
+    return {line.split(":")[0].strip(): line.split(":", 1)[1].split()[0] for line in lines}
+
+
+def test_kernel_interfaces_out_of_reach(layered: Any) -> None:
+    """io_uring, bpf, perf events, userfaultfd and keyrings: kernel attack surface.
+
+    All of them work for the sandbox user here without the sandbox (bpf aside); the fds
+    they return would stay open in the host, and a key would show in /proc/key-users.
+    """
+    _needs(layered, "seccomp")
+    uid, _gid = _sandbox_ids(layered)
+    keys_before = _key_users().get(str(uid))
+    host = layered.spawn("atk_kernel_surface")
+    _attack(layered, "atk_kernel_surface", {}, REFUSED, host=host)
+    if _alive(host.pid):
+        fd_dir = Path(f"/proc/{host.pid}/fd")
+        links = [os.readlink(fd) for fd in fd_dir.iterdir()]
+        kinds = ("io_uring", "perf_event", "userfaultfd", "bpf")
+        assert not [x for x in links if any(k in x for k in kinds)], links
+    assert _key_users().get(str(uid)) == keys_before, "the plugin added a key to a keyring"
+    layered.assert_benign_still_works()
+
+
 def test_setuid_root_fails(layered: Any) -> None:
     _needs(layered, "privileges")
     canary = layered.scratch_dir(0o700) / "as-root"
@@ -781,10 +807,12 @@ def test_kill_init(layered: Any) -> None:
     layered.assert_benign_still_works()
 
 
-def test_signal_same_user_process(layered: Any, victim: Any) -> None:
+@pytest.mark.parametrize("name", ["atk_signal_peer", "atk_pidfd_signal"])
+def test_signal_same_user_process(layered: Any, victim: Any, name: str) -> None:
+    """SIGKILL through kill() and through a pidfd, to a process of the sandbox user."""
     _needs(layered, "landlock", "seccomp")
     proc = victim[0]
-    _attack(layered, "atk_signal_peer", {"pid": proc.pid}, REFUSED)
+    _attack(layered, name, {"pid": proc.pid}, REFUSED)
     assert proc.poll() is None, f"the victim was killed (rc {proc.returncode})"
     layered.assert_benign_still_works()
 
