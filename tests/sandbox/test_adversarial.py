@@ -850,6 +850,20 @@ def test_ptrace_attach_refused(layered: Any, victim: Any, target: str) -> None:
     layered.assert_benign_still_works()
 
 
+def test_pidfd_getfd_cannot_steal_descriptors(layered: Any, victim: Any) -> None:
+    """pidfd_getfd() on a process of the sandbox user, then a write through its stdout.
+
+    The victim's stdout is a pipe this test reads: anything written there is seen here.
+    """
+    _needs(layered, "landlock", "seccomp")
+    proc = victim[0]
+    _attack(layered, "atk_pidfd_getfd", {"pid": proc.pid, "fd": 1}, REFUSED)
+    assert proc.stdout is not None
+    readable, _, _ = select.select([proc.stdout], [], [], 0.3)
+    assert readable == [], f"wrote through a stolen descriptor: {proc.stdout.readline()!r}"
+    layered.assert_benign_still_works()
+
+
 def test_process_vm_readv_refused(layered: Any, victim: Any) -> None:
     _needs(layered, "landlock", "seccomp")
     proc, addr, size, secret = victim
