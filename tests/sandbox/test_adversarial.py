@@ -966,6 +966,25 @@ def test_host_runs_unprivileged(kit: Any) -> None:
     assert host.call({"x": 1}, timeout=10.0) == {"echo": {"x": 1}, "type": "dict"}
 
 
+def test_host_holds_only_its_channel_and_code(kit: Any) -> None:
+    """Seen from /proc: one socket (its own channel), its code directory, /dev/null.
+
+    In particular none of the root template's descriptors (its control socket would let
+    a subverted child send spawn orders to a root process).
+    """
+    host = kit.spawn("ok_echo")
+    template = kit.spawner.template_pid
+    template_links = {
+        os.readlink(f"/proc/{template}/fd/{fd}") for fd in os.listdir(f"/proc/{template}/fd")
+    }
+    links = [os.readlink(f"/proc/{host.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{host.pid}/fd")]
+    sockets = [x for x in links if x.startswith("socket:")]
+    assert len(sockets) == 1, links
+    assert not set(sockets) & template_links, f"the host shares a socket with the template: {links}"
+    others = [x for x in links if not x.startswith("socket:") and x != "/dev/null"]
+    assert all(x == str(host.spec.code_dir) for x in others), links
+
+
 def test_every_available_layer_is_active_in_a_host(kit: Any) -> None:
     """A layer the machine offers is never silently left out of a host."""
     host = kit.spawn("ok_echo")
