@@ -11,6 +11,7 @@ import json
 import sqlite3
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -250,11 +251,21 @@ CASES: dict[str, tuple[Any, Any]] = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _no_false_alarms(kit: Any) -> Iterator[None]:
+    """After each test: no honest plugin was logged as a violation (they count towards
+    disabling a plugin, so a false alarm takes honest code down too)."""
+    yield
+    flagged = [x for x in kit.security_lines() if str(x.get("plugin", "")).startswith("ok_")]
+    assert flagged == [], f"honest code was logged as a violation: {flagged}"
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_plugin_answers_exactly(kit: Any, name: str) -> None:
     request, expected = CASES[name]
     host = kit.spawn(name)
-    assert host.call(request, timeout=10.0) == expected
+    rid = f"benign-{uuid.uuid4().hex[:12]}"
+    assert host.call(request, request_id=rid, timeout=10.0) == expected
     # A second call on the same host: nothing was consumed or locked by the first one.
     assert host.call(request, timeout=10.0) == expected
     assert host.health()
