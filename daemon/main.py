@@ -36,6 +36,7 @@ from plugvisor.daemon.supervisor import Supervisor
 from plugvisor.daemon.swap import SwapEngine
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.registry import Registry
+from plugvisor.state.security_log import SecurityLog
 from plugvisor.state.store import VersionStore
 
 __all__ = ["Daemon", "run_daemon"]
@@ -69,7 +70,9 @@ class Daemon:
         self._write_pid()
         self.registry = Registry(self.layout)
         self.spawner = Spawner(
-            s, security_log=_security_log(self.layout), on_violation=self._on_violation
+            s,
+            security_log=SecurityLog(self.layout.security_log),
+            on_violation=self._on_violation,
         )
         self.spawner.start()
         self._report_layers()
@@ -180,6 +183,8 @@ class Daemon:
         configure_logging(new.log_level, new.log_format, component="daemon")
         if self.supervisor is not None:
             self.supervisor.settings = new
+            self.supervisor.violations.threshold = new.violation_threshold
+            self.supervisor.violations.window_s = new.violation_window_s
         _log.info("settings_reloaded")
 
     def stop(self) -> None:
@@ -209,16 +214,6 @@ class Daemon:
             os.close(self._lock_fd)  # releases the flock last, after run/ is cleaned up
             self._lock_fd = None
         _log.info("daemon_stopped", took_s=round(time.monotonic() - t0, 3))
-
-
-def _security_log(layout: StateLayout) -> Any:
-    """The hash-chained security log the sandbox writes violations to."""
-    try:
-        from plugvisor.state.security_log import SecurityLog  # noqa: PLC0415
-    except ImportError as exc:  # built in parallel; a missing log must be loud, not silent
-        _log.error("security_log_unavailable", error=str(exc))
-        return None
-    return SecurityLog(layout.security_log)
 
 
 def run_daemon(settings: Settings, reload: Callable[[], Settings] | None = None) -> int:

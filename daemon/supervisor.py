@@ -37,6 +37,7 @@ from plugvisor.daemon.metrics import DaemonMetrics
 from plugvisor.daemon.pool import Host, HostPool, PoolClosed
 from plugvisor.daemon.protocol import error_envelope
 from plugvisor.daemon.sandbox import HostSpec
+from plugvisor.daemon.sandbox.violations import ViolationTracker
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.registry import Registry
 from plugvisor.state.store import VersionStore
@@ -82,7 +83,6 @@ class PluginSlot:
     reason: str = ""
     swap_lock: threading.RLock = field(default_factory=threading.RLock)
     crashes: deque[float] = field(default_factory=deque)
-    violations: deque[float] = field(default_factory=deque)
     watch: Watch | None = None
     #: The version the registry names active (also when not running).
     version: str | None = None
@@ -131,6 +131,10 @@ class Supervisor:
         self._monitor: threading.Thread | None = None
         self._retiring: list[threading.Thread] = []
         self._metric_children: dict[tuple[str, str], Any] = {}
+        self.violations = ViolationTracker(
+            settings.violation_threshold, settings.violation_window_s,
+            on_trip=self._violations_tripped,
+        )  # fmt: skip
 
     # ---- events ------------------------------------------------------------------------
     def event(
@@ -469,23 +473,20 @@ class Supervisor:
     def violation(self, plugin: str, version: str, kind: str, detail: str = "") -> None:
         """A sandbox violation of ``plugin`` (the sandbox's ``on_violation`` callback).
 
-        Counts against a running watch window, and ``violation_threshold`` violations
-        within ``violation_window_s`` disable the plugin with the reason.
+        Counts against a running watch window; the :class:`ViolationTracker` trips at
+        ``violation_threshold`` violations within ``violation_window_s`` and the plugin is
+        disabled with the reason.
         """
         self.metrics.violations.labels(plugin, kind).inc()
         slot = self.slots.get(plugin)
         if slot is None:
             return
         self._note_error(slot, version, "violation." + kind)
-        now = time.monotonic()
-        window = self.settings.violation_window_s
-        with self._route_lock:
-            slot.violations.append(now)
-            while slot.violations and slot.violations[0] < now - window:
-                slot.violations.popleft()
-            count = len(slot.violations)
-        if count >= self.settings.violation_threshold and slot.state is SlotState.ACTIVE:
-            reason = f"{count} sandbox violations within {window:g} s (last: {kind}: {detail})"
+        self.violations.record(plugin, version, kind, detail)
+
+    def _violations_tripped(self, plugin: str, reason: str) -> None:
+        slot = self.slots.get(plugin)
+        if slot is not None and slot.state is SlotState.ACTIVE:
             threading.Thread(
                 target=self.disable, args=(plugin, reason[:500], "violations"), daemon=True
             ).start()
@@ -540,7 +541,7 @@ class Supervisor:
             plugin = self.registry.get_plugin(name)
             active = plugin.active_version
             slot.crashes.clear()
-            slot.violations.clear()
+            self.violations.reset(name)
             if not active:
                 self.route(slot, None, SlotState.DOWN, "no active version")
             else:
