@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -100,6 +101,9 @@ def test_repeated_violations_disable_the_plugin(daemon_kit):
     with kit.registry() as reg:
         plugin = reg.get_plugin("rogue")
     assert plugin.disabled and "violations" in (plugin.disabled_reason or "")
+    # Every violation is a line of the hash-chained security log the daemon hands the sandbox.
+    lines = [json.loads(x) for x in kit.layout.security_log.read_text().splitlines()]
+    assert len([x for x in lines if x["plugin"] == "rogue"]) >= 3
 
 
 def test_sigterm_drains_calls_in_flight(daemon_kit):
