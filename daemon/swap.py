@@ -85,9 +85,9 @@ class SwapEngine:
             phases = {"checks": time.perf_counter() - t0}
             try:
                 info = sup.version_info(name, version)
-                phases["verify"] = time.perf_counter() - t0
+                phases["read_version"] = time.perf_counter() - t0
                 pool = sup.start_pool(info)
-                phases["spawn_health"] = time.perf_counter() - t0
+                phases["verify_spawn_health"] = time.perf_counter() - t0
             except PlugvisorError as exc:
                 self._failed(name, kind, running, version, str(exc))
                 details = {**exc.details, "plugin": name, "version": version, "cause": exc.code}
