@@ -121,7 +121,6 @@ def test_up_is_idempotent_on_an_existing_state_dir() -> None:
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
-            text=True,
         )
         try:
             _wait_line(proc, "ready", timeout=90)
