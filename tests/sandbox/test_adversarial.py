@@ -96,6 +96,14 @@ def _attack(
     rid = _rid()
     err: PlugvisorError = kit.call_error(host, request, request_id=rid, timeout=timeout)
     assert err.code in codes, f"{name}: got {err.code} ({err.message}); expected {sorted(codes)}"
+    # An attack that dies of its own bug proves nothing: plugin.error must be a refusal.
+    # Without the policy nothing in-process is hidden, so every route must be found too.
+    bugs = ("NameError", "SyntaxError", "TypeError", "UnboundLocalError", "IndentationError")
+    if kit.os_only:
+        bugs += ("LookupError", "KeyError", "IndexError", "AttributeError")
+    assert not (err.code == "plugin.error" and err.message.startswith(bugs)), (
+        f"{name} failed on its own bug, not on the sandbox: {err.message}"
+    )
     if err.code.startswith(("policy.", "budget.")):
         line = kit.wait_for_violation(rid)
         assert line is not None, f"{name}: {err.code} but no security-log line for {rid}"

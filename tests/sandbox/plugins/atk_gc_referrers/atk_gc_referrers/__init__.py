@@ -3,6 +3,7 @@
 class Plugin:
     def handle(self, request):
         import gc
+        gc.unfreeze()  # a frozen heap is hidden from get_objects()/get_referrers()
         # os does `error = OSError`, so the os namespace refers to a builtin anyone can name.
         for ref in gc.get_referrers(OSError):
             if isinstance(ref, dict) and callable(ref.get("system")) and ref.get("error") is OSError:
