@@ -98,7 +98,13 @@ def _attack(
     assert err.code in codes, f"{name}: got {err.code} ({err.message}); expected {sorted(codes)}"
     # An attack that dies of its own bug proves nothing: plugin.error must be a refusal.
     # Without the policy nothing in-process is hidden, so every route must be found too.
-    bugs = ("NameError", "SyntaxError", "TypeError", "UnboundLocalError", "IndentationError")
+    bugs: tuple[str, ...] = (
+        "NameError",
+        "SyntaxError",
+        "TypeError",
+        "UnboundLocalError",
+        "IndentationError",
+    )
     if kit.os_only:
         bugs += ("LookupError", "KeyError", "IndexError", "AttributeError")
     assert not (err.code == "plugin.error" and err.message.startswith(bugs)), (
