@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write", "fsync_dir"]
+__all__ = ["atomic_write", "exchange_paths", "fsync_dir"]
 
 
 def fsync_dir(path: Path) -> None:
@@ -32,3 +34,25 @@ def atomic_write(path: Path, data: bytes, mode: int) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def exchange_paths(a: Path, b: Path) -> None:
+    """Swap two existing paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    Both must exist on the same file system. Used to put a whole directory in place of
+    another one with no instant at which neither (or half of one) is visible: after the
+    call ``a`` holds what ``b`` held and the reverse. OSError (``EINVAL`` on a file
+    system without the flag) when the exchange did not happen.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    rc = libc.renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if rc != 0:
+        err = ctypes.get_errno() or errno.EIO
+        raise OSError(err, f"renameat2(RENAME_EXCHANGE) {a} <-> {b}: {os.strerror(err)}")
+    fsync_dir(Path(a).parent)
+    if Path(b).parent != Path(a).parent:
+        fsync_dir(Path(b).parent)

@@ -154,7 +154,11 @@ class Daemon:
                 raise ApiError("missing_field", "activate needs params.version", field="version")
             return swap.activate(name, version)
         if kind == "rollback":
-            return swap.rollback(name, version)
+            restore = params.get("restore_from")
+            if restore is not None and not isinstance(restore, str):
+                raise ApiError("invalid_field", "params.restore_from must be a string",
+                               field="restore_from")  # fmt: skip
+            return swap.rollback(name, version, restore_from=restore)
         if kind == "disable":
             reason = str(params.get("reason") or "disabled by an operator")
             return sup.disable(name, reason, source="command")

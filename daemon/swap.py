@@ -26,14 +26,26 @@ back to the previous version by the same mechanics and records the reason.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
-from plugvisor.core.errors import ConflictError, DependencyError, PlugvisorError, SandboxError
+from plugvisor.core.errors import (
+    ApiError,
+    ConflictError,
+    DependencyError,
+    PlugvisorError,
+    SandboxError,
+)
+from plugvisor.core.fs import exchange_paths
 from plugvisor.core.log import get_logger
 from plugvisor.daemon.supervisor import PluginSlot, SlotState, Supervisor, Watch
 from plugvisor.state.registry import ACTIVATABLE
 
-__all__ = ["SwapEngine"]
+__all__ = ["RESTORE_ID", "SwapEngine"]
+
+#: The file a worker writes last into a staged data restore (its job id): the daemon
+#: compares it with ``data/NAME/RESTORE_ID`` to tell an applied restore from a new one.
+RESTORE_ID = "RESTORE_ID"
 
 _log = get_logger("plugvisor.daemon.swap")
 
@@ -135,14 +147,151 @@ class SwapEngine:
             "phases_ms": {k: round(v * 1000, 3) for k, v in phases.items()},
         }  # fmt: skip
 
-    def rollback(self, name: str, version: str | None = None) -> dict[str, Any]:
-        """Swap back to ``version`` (default: the version active before the current one)."""
+    def rollback(
+        self, name: str, version: str | None = None, restore_from: str | None = None
+    ) -> dict[str, Any]:
+        """Swap back to ``version`` (default: the version active before the current one).
+
+        With ``restore_from`` (a directory a worker staged as ``data/.restore-NAME-*``
+        holding ``files/``, ``db.sqlite`` and ``RESTORE_ID``) the plugin's data is swapped
+        with the code: see :meth:`_swap_with_data`.
+        """
         target = version or self.sup.registry.get_plugin(name).previous_version
         if not target:
             raise ConflictError(
                 "no_previous", f"{name} has no previous version to roll back to", plugin=name
             )
+        if restore_from:
+            return self._swap_with_data(name, str(target), restore_from)
         return self.activate(name, str(target), kind="rollback", watch=False)
+
+    def _staged_data(self, name: str, restore_from: str) -> tuple[Path, str]:
+        """Check ``restore_from`` is a complete staged restore of ``name``; (path, its id)."""
+        layout = self.sup.layout
+        stage = Path(restore_from)
+        if (
+            stage.parent != layout.data_dir
+            or not stage.name.startswith(f".restore-{name}-")
+            or stage.is_symlink()
+            or not stage.is_dir()
+        ):
+            raise ApiError(
+                "invalid_field", f"restore_from must be a staged data/.restore-{name}-* "
+                f"directory, not {restore_from}", field="restore_from",
+            )  # fmt: skip
+        try:
+            restore_id = (stage / RESTORE_ID).read_text().strip()
+        except OSError as exc:
+            raise ApiError(
+                "invalid_field", f"{restore_from} is not a complete staged restore (no "
+                f"{RESTORE_ID}: {exc})", field="restore_from",
+            ) from exc  # fmt: skip
+        return stage, restore_id
+
+    def _swap_with_data(self, name: str, version: str, restore_from: str) -> dict[str, Any]:
+        """Rollback with its data: drain the old hosts, exchange the data dir, start ``version``.
+
+        Not blue/green: the data must not change under either version, so the old hosts
+        stop (in-flight calls finish; new calls get ``plugin.unavailable`` meanwhile)
+        before ``data/NAME/`` and the staged directory are exchanged in one
+        ``renameat2(RENAME_EXCHANGE)`` -- files and DB flip together. If ``version``
+        does not start, the exchange is undone and the old version started again.
+        Re-applying (same ``RESTORE_ID`` already live) does not exchange twice.
+        """
+        sup = self.sup
+        reg = sup.registry
+        slot = sup.slot(name, create=True)
+        assert slot is not None
+        layout = sup.layout
+        live = layout.plugin_data_root(name)
+        with slot.swap_lock:
+            t0 = time.perf_counter()
+            stage, restore_id = self._staged_data(name, restore_from)
+            plugin = reg.get_plugin(name)
+            if plugin.disabled:
+                raise ConflictError(
+                    "plugin_disabled",
+                    f"{name} is disabled ({plugin.disabled_reason}); enable it first",
+                    plugin=name,
+                )
+            target = reg.get_version(name, version)
+            if target.status not in ACTIVATABLE:
+                raise ConflictError(
+                    "not_activatable",
+                    f"{name} {version} is {target.status.value}; only approved or retired "
+                    "versions can be activated",
+                    plugin=name, version=version, status=target.status.value,
+                )  # fmt: skip
+            conflicts = reg.check_dependencies((name, version))
+            running = slot.pool.version if slot.pool is not None else None
+            if conflicts:
+                self._failed(name, "rollback", running, version, "; ".join(conflicts))
+                raise DependencyError(
+                    "conflict", "; ".join(conflicts), plugin=name, version=version,
+                    conflicts=conflicts,
+                )  # fmt: skip
+            info = sup.version_info(name, version)
+            sup.verify(info.digest)  # before any downtime: a bad tree refuses at once
+            old_version = plugin.active_version
+            layout.ensure_plugin_data(name)
+            already = _read_id(live) == restore_id
+            old_pool = sup.route(slot, None, SlotState.DOWN, f"rolling back to {version}: "
+                                 "restoring its data")  # fmt: skip
+            if old_pool is not None:
+                old_pool.close(sup.settings.drain_timeout_s)  # hosts stopped: DB closed
+            phases = {"drain": time.perf_counter() - t0}
+            if not already:
+                exchange_paths(stage, live)
+            phases["exchange"] = time.perf_counter() - t0
+            try:
+                pool = sup.start_pool(info)
+            except PlugvisorError as exc:
+                if not already:
+                    exchange_paths(stage, live)  # the old version's data back
+                self._restart(slot, old_version)
+                self._failed(name, "rollback", running, version, str(exc))
+                raise SandboxError(
+                    "start_failed", f"{name} {version} did not start on its restored data: "
+                    f"{exc.message}; {old_version} restarted on its own data",
+                    plugin=name, version=version, cause=exc.code,
+                ) from exc  # fmt: skip
+            phases["spawn_health"] = time.perf_counter() - t0
+            try:
+                old_rec, _new = reg.activate(name, version)
+            except PlugvisorError:
+                pool.close(0.0)
+                if not already:
+                    exchange_paths(stage, live)
+                self._restart(slot, old_version)
+                raise
+            sup.route(slot, pool, SlotState.ACTIVE, "", version)
+            slot.crashes.clear()
+            slot.watch = None
+            took = time.perf_counter() - t0
+        previous = old_rec.version if old_rec is not None else running
+        sup.metrics.swaps.labels(name, "ok").inc()
+        sup.metrics.swap_seconds.observe(took)
+        sup.metrics.rollbacks.labels(name, "rollback").inc()
+        sup.event(
+            name, "swapped", record=False, outcome="ok", via="rollback", restored=True,
+            took_ms=round(took * 1000, 3), from_version=previous, to_version=version,
+        )  # fmt: skip
+        return {
+            "plugin": name, "outcome": "swapped", "from": previous, "to": version,
+            "restored": True, "took_ms": round(took * 1000, 3),
+            "phases_ms": {k: round(v * 1000, 3) for k, v in phases.items()},
+        }  # fmt: skip
+
+    def _restart(self, slot: PluginSlot, version: str | None) -> None:
+        """Start ``version`` again after a failed data swap (``down`` if that fails too)."""
+        if version is None:
+            return
+        try:
+            pool = self.sup.start_pool(self.sup.version_info(slot.name, version))
+        except PlugvisorError as exc:
+            self.sup.route(slot, None, SlotState.DOWN, f"restart after failed rollback: {exc}")
+            return
+        self.sup.route(slot, pool, SlotState.ACTIVE, "", version)
 
     # ---- automatic rollback -------------------------------------------------------------------
     def _watch_tripped(self, slot: PluginSlot, watch: Watch) -> None:
@@ -184,3 +333,10 @@ class SwapEngine:
             from_version=running, to_version=version,
         )  # fmt: skip
         _log.warning("swap_refused", plugin=name, version=version, reason=reason)
+
+
+def _read_id(path: Path) -> str | None:
+    try:
+        return (path / RESTORE_ID).read_text().strip()
+    except OSError:
+        return None

@@ -6,8 +6,9 @@ the failure on the job and returns normally; the chain's later tasks then find t
 failed and do nothing. Task ids are ``<job id>:<task>``, so a job's messages are
 recognisable in the broker and the result backend.
 
-Reload, rollback, snapshot and trial pipelines (daemon + sandbox) plug in here: a kind,
-its task list and a params check.
+reload = reload_check -> snapshot -> trial -> activate; rollback = rollback_check ->
+snapshot -> restore (their bodies and the design of the data restore:
+:mod:`plugvisor.workers.reload`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ PIPELINES: Mapping[str, tuple[str, ...]] = {
     "upload": ("validate_install", "scan"),
     "audit": ("audit",),
     "review": ("review",),
+    "reload": ("reload_check", "snapshot", "trial", "activate"),
+    "rollback": ("rollback_check", "snapshot", "restore"),
 }
 
 
@@ -62,10 +65,23 @@ def _check_review(params: Mapping[str, Any]) -> None:
     review_decision(params)
 
 
+def _check_target(params: Mapping[str, Any]) -> None:
+    """reload / rollback: ``name`` (a plugin name) and an optional ``version`` string."""
+    name = params.get("name")
+    if not isinstance(name, str) or not name:
+        raise JobError("invalid_params", "reload/rollback need name (a plugin)", field="name")
+    version = params.get("version")
+    if version is not None and (not isinstance(version, str) or not version):
+        raise JobError("invalid_params", "version must be a non-empty string or null",
+                       field="version")  # fmt: skip
+
+
 _CHECKS: Mapping[str, Callable[[Mapping[str, Any]], None]] = {
     "upload": _check_upload,
     "audit": _check_audit,
     "review": _check_review,
+    "reload": _check_target,
+    "rollback": _check_target,
 }
 
 

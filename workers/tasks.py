@@ -1,4 +1,6 @@
-"""The job tasks: validate + install, scan, audit, review. Each takes a job id and nothing else.
+"""The job tasks: validate + install, scan, audit, review (reload/rollback: workers/reload.py).
+
+Each takes a job id and nothing else.
 
 A task re-reads its job record, runs its steps through :class:`~plugvisor.workers.jobs.JobRun`
 (a step that already succeeded is skipped, so a redelivered message does not repeat its
@@ -37,6 +39,8 @@ from plugvisor.state.layout import StateLayout
 from plugvisor.state.registry import JobStatus, Registry, VersionRecord, VersionStatus
 from plugvisor.workers.app import soft_time_limit
 from plugvisor.workers.jobs import JobFailed, JobRun, Step, open_registry
+from plugvisor.workers.reload import BODIES as RELOAD_BODIES
+from plugvisor.workers.reload import TASKS as RELOAD_TASKS
 from plugvisor.workers.scanner import ScanReport, Severity, scan_tree
 
 if TYPE_CHECKING:
@@ -60,6 +64,7 @@ TASK_NAMES: Mapping[str, str] = {
     "scan": "plugvisor.scan",
     "audit": "plugvisor.audit",
     "review": "plugvisor.review",
+    **RELOAD_TASKS,
 }
 
 #: Who the automatic scan verdict is recorded as (a human reviewer's name otherwise).
@@ -388,6 +393,7 @@ _BODIES: Mapping[str, Callable[[JobRun, Settings], None]] = {
     "scan": _scan,
     "audit": _audit,
     "review": _review,
+    **RELOAD_BODIES,
 }
 
 
