@@ -404,3 +404,17 @@ def test_docs_profile_table_matches_the_profiles() -> None:
         assert (int(mem) * 1024**2, float(secs), int(files), int(queries)) == (
             p.memory_limit, p.max_execution_time, p.max_files, p.max_db_queries,
         ), name  # fmt: skip
+
+
+def test_docs_rollback_section_matches_the_pipelines() -> None:
+    """The guide says what rollback does to data; it must change when the pipelines do."""
+    from plugvisor.workers.pipelines import PIPELINES  # noqa: PLC0415 -- Celery
+
+    text = " ".join(DOC.read_text(encoding="utf-8").split())
+    restores = "restore" in PIPELINES.get("rollback", ())
+    says_restored = "data snapshot is restored with the version on rollback" in text
+    if restores:
+        why = "PIPELINES['rollback'] restores data: the guide must say so"
+    else:
+        why = "PIPELINES['rollback'] has no 'restore' step: the guide must not promise it"
+    assert restores == says_restored, f"docs/authoring.md, 'Swaps, rollback and your data': {why}"
