@@ -43,6 +43,7 @@ from plugvisor.core.errors import (
 )
 from plugvisor.core.log import get_logger
 from plugvisor.daemon.sandbox.layers import LayerReport, LayerStatus
+from plugvisor.daemon.sandbox.lockdown import can_change_identity
 from plugvisor.daemon.sandbox.monitor import ResourceMonitor
 from plugvisor.daemon.sandbox.protocol import (
     FRAME_SLACK,
@@ -874,7 +875,9 @@ class Spawner:
             "landlock": "" if info.get("landlock_abi") else "kernel without Landlock",
             "seccomp": "" if info.get("seccomp") == "ok" else str(info.get("seccomp")),
             "netns": "" if info.get("netns") == "ok" else str(info.get("netns")),
-            "privileges": "" if os.geteuid() == 0 else "not root: hosts keep the daemon's uid",
+            "privileges": ""
+            if can_change_identity()
+            else "neither root nor CAP_SETUID+CAP_SETGID: hosts keep the daemon's uid",
         }
         for layer, reason in gaps.items():
             if reason:

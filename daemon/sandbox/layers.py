@@ -9,7 +9,6 @@ applied in its HELLO frame (``PluginHost.layers``); ``plugvisor sandbox-check`` 
 from __future__ import annotations
 
 import functools
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -140,9 +139,13 @@ def _seccomp_reason() -> str:
 def detect_layers(sandbox_user: str = "nobody") -> LayerReport:
     """Probe this system: ``available`` (the kernel offers it) and ``active`` (a host started
     from this process will apply it)."""
-    from plugvisor.daemon.sandbox.lockdown import landlock_abi, resolve_user  # noqa: PLC0415
+    from plugvisor.daemon.sandbox.lockdown import (  # noqa: PLC0415
+        can_change_identity,
+        landlock_abi,
+        resolve_user,
+    )
 
-    is_root = os.geteuid() == 0
+    can_switch = can_change_identity()
     out: list[LayerStatus] = [
         LayerStatus("process", True, True, "one process per plugin version"),
         LayerStatus("session", True, True, "setsid, parent-death signal"),
@@ -151,14 +154,18 @@ def detect_layers(sandbox_user: str = "nobody") -> LayerReport:
     ]
     netns = _probe_netns()
     out.append(LayerStatus("netns", not netns, not netns, netns or "private network namespace"))
-    if is_root:
+    if can_switch:
         try:
             uid, gid = resolve_user(sandbox_user)
             out.append(LayerStatus("privileges", True, True, f"{sandbox_user} uid={uid} gid={gid}"))
         except LookupError as exc:
             out.append(LayerStatus("privileges", True, False, str(exc)))
     else:
-        out.append(LayerStatus("privileges", False, False, "daemon not running as root"))
+        out.append(
+            LayerStatus(
+                "privileges", False, False, "daemon is neither root nor holds CAP_SETUID+CAP_SETGID"
+            )
+        )
     out.append(LayerStatus("no_new_privs", True, True, "PR_SET_NO_NEW_PRIVS"))
     abi = landlock_abi()
     out.append(

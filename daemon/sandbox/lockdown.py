@@ -35,6 +35,7 @@ from plugvisor.daemon.sandbox.layers import LayerStatus
 __all__ = [
     "LockdownPlan",
     "LockdownResources",
+    "can_change_identity",
     "landlock_abi",
     "lock_down",
     "prepare",
@@ -53,6 +54,7 @@ _libc.prctl.argtypes = (
 )
 _libc.unshare.restype = ctypes.c_int
 _libc.unshare.argtypes = (ctypes.c_int,)
+_libc.capset.restype = ctypes.c_int
 
 # ---- constants (linux/prctl.h, linux/landlock.h, linux/sched.h) ------------------------
 _PR_SET_PDEATHSIG = 1
@@ -406,19 +408,79 @@ def _set_rlimits(plan: LockdownPlan) -> str:
     return f"AS={limit // 1024**2}MiB (vm {vm // 1024**2}MiB + {plan.memory_limit // 1024**2}MiB)"
 
 
+_CAP_SETGID = 6
+_CAP_SETUID = 7
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = (("version", ctypes.c_uint32), ("pid", ctypes.c_int))
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = (
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    )
+
+
+def _capabilities() -> dict[str, int]:
+    """The capability sets of this process (``CapEff``, ``CapPrm``, ... of /proc/self/status)."""
+    caps: dict[str, int] = {}
+    with open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("Cap"):
+                key, _, value = line.partition(":")
+                caps[key] = int(value.strip(), 16)
+    return caps
+
+
+def can_change_identity() -> bool:
+    """Whether plugin processes can be moved to the sandbox user from this process.
+
+    True for root, and for an unprivileged service user holding CAP_SETUID and
+    CAP_SETGID (what the systemd units grant the daemon and workers as ambient
+    capabilities), so that production does not depend on running as root.
+    """
+    if os.geteuid() == 0:
+        return True
+    need = (1 << _CAP_SETUID) | (1 << _CAP_SETGID)
+    return _capabilities().get("CapEff", 0) & need == need
+
+
+def _clear_capabilities() -> None:
+    """Empty the effective, permitted and inheritable sets (always allowed: it only lowers)."""
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    if _libc.capset(ctypes.byref(header), data) != 0:
+        raise _oserror("capset")
+
+
 def _drop_privileges(plan: LockdownPlan, last_cap: int) -> None:
     assert plan.uid is not None and plan.gid is not None
-    # The bounding set can only be dropped while we still hold CAP_SETPCAP.
+    # The bounding set can only be dropped while holding CAP_SETPCAP (root has it). A
+    # service user with a few ambient capabilities does not: its bounding set is the
+    # unit's CapabilityBoundingSet, and the capset below empties every set it holds.
     for cap in range(last_cap + 1):
-        if _libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and ctypes.get_errno() != errno.EINVAL:
+        if _libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            err = ctypes.get_errno()
+            if err == errno.EINVAL:
+                continue
+            if err == errno.EPERM and os.geteuid() != 0:
+                break
             raise _oserror(f"PR_CAPBSET_DROP {cap}")
     _libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
     os.setgroups([])
     os.setresgid(plan.gid, plan.gid, plan.gid)
-    # Changing every uid away from 0 clears the permitted and effective capability sets.
     os.setresuid(plan.uid, plan.uid, plan.uid)
-    if os.getresuid() != (plan.uid, plan.uid, plan.uid) or os.getgroups():
-        raise PermissionError("privilege drop did not stick")
+    # Leaving uid 0 clears the capability sets by itself, but a process that never was
+    # root keeps them across setresuid: clear them explicitly in every case.
+    _clear_capabilities()
+    caps = _capabilities()
+    held = {k: v for k, v in caps.items() if k in ("CapEff", "CapPrm", "CapInh", "CapAmb") and v}
+    if os.getresuid() != (plan.uid, plan.uid, plan.uid) or os.getgroups() or held:
+        raise PermissionError(f"privilege drop did not stick (still holding {held or 'ids'})")
 
 
 def _landlock(plan: LockdownPlan, abi: int, ro_fds: Iterable[int]) -> str:
@@ -467,9 +529,11 @@ def _landlock(plan: LockdownPlan, abi: int, ro_fds: Iterable[int]) -> str:
 
 
 def lock_down(
-    plan: LockdownPlan, res: LockdownResources, is_root: bool
+    plan: LockdownPlan, res: LockdownResources, can_switch: bool
 ) -> tuple[list[LayerStatus], float, dict[str, float]]:
     """Apply every OS layer in order: one status per layer, total ms, ms per step.
+
+    ``can_switch``: this process may move to the sandbox user (:func:`can_change_identity`).
 
     Raises ``OSError``/``PermissionError`` when an available layer fails to apply; the
     caller turns that into ``sandbox.lockdown_failed`` and the child exits.
@@ -519,14 +583,17 @@ def lock_down(
             raise _oserror("unshare(CLONE_NEWNET)")
         ok("netns", "private network namespace (loopback only, down)")
 
-    if is_root and plan.uid is not None:
+    if can_switch and plan.uid is not None:
         _drop_privileges(plan, res.cap_last_cap)
         # Counts every process of the sandbox user system-wide (all plugin hosts), so
         # it is a loose backstop; seccomp is what refuses fork.
         resource.setrlimit(resource.RLIMIT_NPROC, (4096, 4096))
         ok("privileges", f"uid={plan.uid} gid={plan.gid}, no groups, no capabilities")
     else:
-        missing("privileges", False, "not running as root: stays the daemon's own user")
+        missing(
+            "privileges", False,
+            "neither root nor CAP_SETUID+CAP_SETGID: stays the daemon's own user",
+        )  # fmt: skip
 
     # Die with the template (which dies with the daemon): no orphaned plugins. Set after
     # the identity change, which resets the parent-death signal.

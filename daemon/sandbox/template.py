@@ -153,9 +153,12 @@ class _Template:
         return True
 
     def _user(self, name: str) -> tuple[int, int] | None:
-        from plugvisor.daemon.sandbox.lockdown import resolve_user  # noqa: PLC0415
+        from plugvisor.daemon.sandbox.lockdown import (  # noqa: PLC0415
+            can_change_identity,
+            resolve_user,
+        )
 
-        if os.geteuid() != 0:
+        if not can_change_identity():
             return None
         if name not in self.users:
             self.users[name] = resolve_user(name)
@@ -213,12 +216,16 @@ def _report_failure(chan_fd: int, rule: str, message: str, hello: bool = False) 
 def _child_main(order: SpawnOrder, chan_fd: int, res: Any, ids: tuple[int, int] | None) -> int:
     """In the forked child: open handles as root, lock down, then serve the plugin."""
     from plugvisor.daemon.sandbox.child import ChildConfig, serve  # noqa: PLC0415
-    from plugvisor.daemon.sandbox.lockdown import LockdownPlan, lock_down  # noqa: PLC0415
+    from plugvisor.daemon.sandbox.lockdown import (  # noqa: PLC0415
+        LockdownPlan,
+        can_change_identity,
+        lock_down,
+    )
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     sock = socket.socket(fileno=chan_fd)
-    is_root = os.geteuid() == 0
+    can_switch = can_change_identity()
     try:
         # Opened while still root: the state dir may sit under a directory the sandbox
         # user cannot traverse (pytest's /tmp/pytest-of-root is 0700, a clone under
@@ -244,7 +251,7 @@ def _child_main(order: SpawnOrder, chan_fd: int, res: Any, ids: tuple[int, int] 
             uid=ids[0] if ids else None,
             gid=ids[1] if ids else None,
         )
-        layers, lock_ms, steps = lock_down(plan, res, is_root)
+        layers, lock_ms, steps = lock_down(plan, res, can_switch)
     except Exception as exc:  # any failure here must reach the parent, not vanish
         _report_failure(
             chan_fd, "lockdown_failed", f"lock-down failed: {type(exc).__name__}: {exc}", True
