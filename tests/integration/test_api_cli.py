@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -28,6 +29,7 @@ from plugvisor.api.testkit import ApiKit, LiveServer
 from plugvisor.cli.remote import JobProgress
 from plugvisor.core.archive import pack
 from plugvisor.core.signing import generate_keypair
+from plugvisor.state.install import install_archive
 from plugvisor.state.registry import JobStatus, VersionStatus
 from plugvisor.state.tokens import TOKENS_FILE, Role, TokenStore
 from plugvisor.state.trust import TrustStore
@@ -52,6 +54,16 @@ import subprocess
 class Plugin:
     def handle(self, request):
         return subprocess.check_output(request["cmd"], shell=True).decode()
+"""
+
+
+VERSIONED = """
+VERSION = "{version}"
+
+
+class Plugin:
+    def handle(self, request):
+        return {{"version": VERSION, "echo": request}}
 """
 
 
@@ -341,3 +353,74 @@ def test_the_app_serves_under_gunicorn_and_the_dev_command(tmp_path: Path, serve
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+# ---- reload and rollback end to end: API + CLI + worker + daemon -------------------------------
+def test_reload_and_rollback_through_the_api(daemon_kit: Any) -> None:
+    """The CLI follows reload/rollback jobs that a real worker runs against a real daemon."""
+    root = daemon_kit.root
+    daemon_kit.layout.ensure()
+    keys = Path(tempfile.mkdtemp(prefix="pv-api-keys-"))
+    generate_keypair(keys / "signer")
+    TrustStore(root).trust(keys / "signer.pub")
+    # Signed and installed as an upload would be: a rollback re-verifies the signature.
+    for version in ("1.0.0", "1.1.0"):
+        src = keys / f"src-{version}"
+        (src / "echo").mkdir(parents=True)
+        (src / "plugin.yaml").write_text(
+            f"name: echo\nversion: {version}\napi: 1\nentrypoint: echo:Plugin\nprofile: default\n"
+        )
+        (src / "echo" / "__init__.py").write_text(VERSIONED.format(version=version))
+        install_archive(daemon_kit.settings, pack(src, keys / "signer", keys))
+    with daemon_kit.registry() as reg:
+        reg.activate("echo", "1.0.0")
+    daemon_kit.start()
+    log_path = root / "logs" / "api-test-worker.log"
+    with log_path.open("wb") as log:
+        worker = subprocess.Popen(
+            [str(PLUGVISOR), "--state-dir", str(root), "worker", "--concurrency", "1"],
+            env=_env(PLUGVISOR_BROKER_POLLING_INTERVAL="0.01"),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    kit = ApiKit.create(root=root, broker_polling_interval=0.01)
+    try:
+        with LiveServer(kit.app) as server:
+            env = _env(
+                PLUGVISOR_API_URL=server.url,
+                PLUGVISOR_API_TOKEN=kit.tokens[Role.OPERATOR],
+                PLUGVISOR_STATE_DIR=str(root),
+            )
+            op = kit.auth(Role.OPERATOR)
+
+            def served_version() -> str:
+                resp = kit.client.post("/api/plugins/echo/call", json={"q": 1}, headers=op)
+                assert resp.status_code == 200, resp.data
+                return str(resp.get_json()["result"]["version"])
+
+            assert served_version() == "1.0.0"
+            out = _run("reload", "echo", "--version", "1.1.0", env=env, check=False)
+            assert out.returncode == 0, (out.stdout, out.stderr, log_path.read_text()[-3000:])
+            steps = [
+                line.split(":")[0] for line in out.stdout.splitlines() if ": succeeded" in line
+            ]
+            # One line per step change, the swap last (step names are the worker's).
+            assert {"snapshot", "trial", "activate"} <= set(steps), out.stdout
+            assert steps[-1] == "activate", out.stdout
+            assert served_version() == "1.1.0"
+            back = _run("--json", "rollback", "echo", env=env, check=False)
+            assert back.returncode == 0, (back.stdout, back.stderr, log_path.read_text()[-3000:])
+            job = json.loads(back.stdout)
+            assert job["status"] == "succeeded"
+            assert served_version() == "1.0.0"
+            plugin = kit.client.get("/api/plugins/echo", headers=op).get_json()
+            assert plugin["active_version"] == "1.0.0"
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait(timeout=10)
+        kit.close()
+        shutil.rmtree(keys, ignore_errors=True)
