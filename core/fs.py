@@ -2,13 +2,41 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
+import fcntl
 import os
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_write", "exchange_paths", "fsync_dir"]
+__all__ = ["atomic_write", "exchange_paths", "flock_exclusive", "fsync_dir"]
+
+
+@contextlib.contextmanager
+def flock_exclusive(fd: int, timeout: float, timeout_error: Exception) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``fd``; raise ``timeout_error`` after ``timeout`` s.
+
+    Polls with a growing back-off (1 ms to 50 ms): ``flock`` has no timed wait, and
+    another process holds the lock, so there is nothing to wait on but the clock.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise timeout_error from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def fsync_dir(path: Path) -> None:

@@ -13,7 +13,6 @@ clean-up can never remove a tree another install is about to record.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import os
 import re
 import time
@@ -34,6 +33,7 @@ from plugvisor.core.errors import (
     StateError,
     VersionError,
 )
+from plugvisor.core.fs import flock_exclusive
 from plugvisor.core.log import get_logger
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.quarantine import Quarantine
@@ -209,19 +209,10 @@ def _install_lock(layout: StateLayout, timeout: float) -> Iterator[None]:
     path = layout.staging_dir
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise StateError(
-                        "locked",
-                        f"another install held {path} for more than {timeout:.0f}s",
-                        path=str(path),
-                    ) from None
-                time.sleep(0.02)  # polling a lock another process holds; bounded above
-        yield
+        busy = StateError(
+            "locked", f"another install held {path} for more than {timeout:.0f}s", path=str(path)
+        )
+        with flock_exclusive(fd, timeout, busy):
+            yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock

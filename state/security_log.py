@@ -17,19 +17,16 @@ whole chain. Ship the log off the box (or the head's hash) for that.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from plugvisor.core.errors import StateError
-from plugvisor.core.fs import atomic_write
+from plugvisor.core.fs import atomic_write, flock_exclusive
 
 __all__ = [
     "FIELDS",
@@ -74,26 +71,11 @@ class ChainReport:
     reason: str
 
 
-@contextlib.contextmanager
-def _locked(fd: int, timeout: float) -> Iterator[None]:
+def _locked(fd: int, timeout: float) -> contextlib.AbstractContextManager[None]:
     """Hold an exclusive ``flock`` on ``fd``, waiting at most ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    delay = 0.001
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                raise StateError(
-                    "lock_timeout", f"security log still locked after {timeout}s"
-                ) from None
-            time.sleep(delay)  # polling a lock, not synchronising a test
-            delay = min(delay * 2, 0.05)
-    try:
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
+    return flock_exclusive(
+        fd, timeout, StateError("lock_timeout", f"security log still locked after {timeout}s")
+    )
 
 
 def _last_line(fd: int) -> bytes:
