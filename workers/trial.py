@@ -27,7 +27,7 @@ from plugvisor.core.errors import PlugvisorError, SandboxError, StateError, erro
 from plugvisor.core.log import get_logger
 from plugvisor.core.manifest import parse_plugin_yaml
 from plugvisor.core.profile import load_profile
-from plugvisor.daemon.sandbox import HostSpec, Spawner
+from plugvisor.daemon.sandbox import HostSpec, PluginHost, Spawner
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.security_log import SecurityLog
 from plugvisor.state.store import VersionStore
@@ -199,17 +199,18 @@ def run_trial(
     }
 
 
-def _selftest(host: Any, name: str, version: str) -> str:
-    """Run the plugin's ``selftest()`` when the host supports it: passed / absent / skipped."""
-    run = getattr(host, "selftest", None)
-    if run is None:
-        return "unsupported"
-    outcome = run()
+def _selftest(host: PluginHost, name: str, version: str) -> str:
+    """Run the plugin's ``selftest()`` if it has one: ``passed`` or ``absent``; raise if failed.
+
+    An exception inside it raises its typed error (``plugin.error``, ``budget.*``,
+    ``policy.*``); any return value other than ``True`` is ``sandbox.selftest_failed``.
+    """
+    outcome = host.selftest()
     if outcome is None:
         return "absent"
     if outcome is not True:
         raise SandboxError(
-            "selftest_failed", f"{name} {version} failed its selftest(): {outcome}",
+            "selftest_failed", f"{name} {version} failed its selftest(): returned {outcome!r}",
             plugin=name, version=version,
         )  # fmt: skip
     return "passed"

@@ -283,6 +283,10 @@ class _Runtime:
         fn = getattr(self.instance, "health", None)
         return self._run((lambda: bool(fn())) if fn is not None else (lambda: True), "health")
 
+    def selftest(self) -> bytes:
+        fn = getattr(self.instance, "selftest", None)
+        return self._run(fn if fn is not None else (lambda: {"absent": True}), "selftest")
+
     def teardown(self) -> bytes:
         fn = getattr(self.instance, "teardown", None)
         return self._run((fn) if fn is not None else (lambda: None), "teardown")
@@ -359,6 +363,8 @@ def serve(
                 )
         elif frame.ftype == FrameType.HEALTH:
             chan.send(FrameType.RESULT, rt.health())
+        elif frame.ftype == FrameType.SELFTEST:
+            chan.send(FrameType.RESULT, rt.selftest())
         elif frame.ftype == FrameType.STOP:
             chan.send(FrameType.RESULT, rt.teardown())
             return 0

@@ -354,6 +354,19 @@ class PluginHost:
             return False
         return reply.error is None and reply.value is True
 
+    def selftest(self, timeout: float | None = None) -> Any:
+        """Run the plugin's ``selftest()`` (trials): its result, ``None`` when it has none.
+
+        Violations count as in a call; an exception raises the typed error like
+        :meth:`call`. The plugin's contract: ``True`` means passed.
+        """
+        reply = self._exchange(FrameType.SELFTEST, b"", "selftest", timeout)
+        if reply.error is not None:
+            raise reply.error
+        if reply.value == {"absent": True}:
+            return None
+        return reply.value
+
     def stop(self, grace: float = 2.0) -> None:
         """Idempotent: teardown() with ``grace`` seconds -> SIGTERM -> SIGKILL; reaped."""
         with self._state_lock:

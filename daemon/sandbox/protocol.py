@@ -76,6 +76,9 @@ class FrameType(enum.IntEnum):
     #: child -> parent, right before a CALL's ``RESULT``: what the request used inside
     #: the child, ``{"files_opened": n}`` (``PluginHost.last_usage``; ``dev run`` prints it).
     USAGE = 12
+    #: parent -> child: run selftest() if the plugin defines one; answered by ``RESULT``
+    #: (its value, or ``{"absent": true}`` without the method). Workers' trials use it.
+    SELFTEST = 13
 
 
 class PeerClosed(ConnectionError):

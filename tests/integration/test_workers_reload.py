@@ -65,6 +65,11 @@ class Plugin:
     def health(self):
         return MODE != "unhealthy"
 
+    def selftest(self):
+        if MODE == "selftest_raises":
+            raise RuntimeError("selftest broken on purpose")
+        return MODE != "selftest_false"
+
     def handle(self, request):
         note = request.get("write") if isinstance(request, dict) else None
         if note:
@@ -371,6 +376,7 @@ def test_reload_happy_path_serves_the_new_version(rig: Rig) -> None:
     assert job.result["version"] == "1.1.0" and job.result["from"] == "1.0.0"
     assert job.result["outcome"] == "swapped"
     assert job.result["trial"]["healthy"] is True
+    assert job.result["trial"]["selftest"] == "passed"
     answer = rig.call(name, {})
     assert answer["version"] == "1.1.0"
     assert answer["rows"] == [["1.0.0", "a"]]  # the live data went on with the new version
@@ -414,8 +420,10 @@ def test_reload_refuses_unapproved_and_conflicting_versions(rig: Rig) -> None:
     [
         ("unhealthy", SOURCE, "trusted", "sandbox.unhealthy"),
         ("ok", VIOLATING_SOURCE, "default", "policy.forbidden"),
+        ("selftest_false", SOURCE, "trusted", "sandbox.selftest_failed"),
+        ("selftest_raises", SOURCE, "trusted", "plugin.error"),
     ],
-    ids=["health-false", "violation-in-setup"],
+    ids=["health-false", "violation-in-setup", "selftest-false", "selftest-raises"],
 )
 def test_failed_trial_keeps_the_old_version_serving(
     rig: Rig, mode: str, source: str, profile: str, code: str
