@@ -41,6 +41,8 @@ from plugvisor.daemon.control import send_command
 from plugvisor.state.layout import StateLayout
 from plugvisor.testing import store_test_version
 
+__all__ = ["DaemonProc", "main", "measure", "scale"]
+
 REPO = Path(__file__).resolve().parents[1]
 REQUEST = json.dumps({"payload": "x" * 70, "n": 12345}).encode()  # ~100 bytes
 
@@ -61,7 +63,7 @@ def _summary(name: str, lat: list[float], wall: float) -> dict[str, Any]:
     }
 
 
-def raw_echo(n: int) -> dict[str, Any]:
+def raw_echo(n: int) -> tuple[dict[str, Any], list[float]]:
     """Ping-pong over a socketpair with a forked Python child."""
     a, b = socket.socketpair()
     pid = os.fork()
@@ -89,7 +91,7 @@ def raw_echo(n: int) -> dict[str, Any]:
     wall = time.perf_counter() - t_all
     a.close()
     os.waitpid(pid, 0)
-    return _summary("raw socketpair echo", lat, wall)
+    return _summary("raw socketpair echo", lat, wall), lat
 
 
 def direct_host(layout: StateLayout, settings: Any, n: int) -> dict[str, Any]:
@@ -126,7 +128,7 @@ def direct_host(layout: StateLayout, settings: Any, n: int) -> dict[str, Any]:
 class DaemonProc:
     """A daemon subprocess over a throw-away state directory."""
 
-    def __init__(self, polling: float) -> None:
+    def __init__(self, polling: float, concurrency: int = 4) -> None:
         self.root = Path(tempfile.mkdtemp(dir="/tmp", prefix="pv-bench-"))
         os.chmod(self.root, 0o755)
         self.layout = StateLayout(self.root)
@@ -134,7 +136,7 @@ class DaemonProc:
         self.env.update(
             PLUGVISOR_STATE_DIR=str(self.root), PLUGVISOR_METRICS_PORT="0",
             PLUGVISOR_LOG_LEVEL="warning", PLUGVISOR_BROKER_POLLING_INTERVAL=str(polling),
-            PLUGVISOR_WATCH_WINDOW_S="0", PLUGVISOR_PLUGIN_CONCURRENCY="4",
+            PLUGVISOR_WATCH_WINDOW_S="0", PLUGVISOR_PLUGIN_CONCURRENCY=str(concurrency),
         )  # fmt: skip
         self.settings = load_settings({"state_dir": str(self.root)}, env=self.env)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -159,7 +161,7 @@ class DaemonProc:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def daemon_calls(d: DaemonProc, n: int, threads: int) -> list[dict[str, Any]]:
+def daemon_calls(d: DaemonProc, n: int, threads: int) -> tuple[list[dict[str, Any]], list[float]]:
     client = Client(d.layout.daemon_socket, timeout=30)
     for _ in range(200):
         client.call_raw("bench", REQUEST)
@@ -191,7 +193,7 @@ def daemon_calls(d: DaemonProc, n: int, threads: int) -> list[dict[str, Any]]:
                  time.perf_counter() - t_all)
     )  # fmt: skip
     client.close()
-    return out
+    return out, lat
 
 
 def swaps_under_load(d: DaemonProc, swaps: int, threads: int) -> dict[str, Any]:
@@ -259,6 +261,7 @@ def swaps_under_load(d: DaemonProc, swaps: int, threads: int) -> dict[str, Any]:
         "received_to_first_served_ms_p99": round(_pct(received_to_served, 0.99) * 1000, 2),
         "end_to_end_ms_p50": round(_pct(end_to_end, 0.5) * 1000, 2),
         "end_to_end_ms_p99": round(_pct(end_to_end, 0.99) * 1000, 2),
+        "samples_received_to_first_served_s": received_to_served,
         "phases_ms_p50_cumulative": {
             k: round(statistics.median(p[k] for p in phases if k in p), 2)
             for k in (phases[0] if phases else {})
@@ -266,29 +269,23 @@ def swaps_under_load(d: DaemonProc, swaps: int, threads: int) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--calls", type=int, default=10000)
-    ap.add_argument("--swaps", type=int, default=50)
-    ap.add_argument("--threads", type=int, default=4)
-    ap.add_argument(
-        "--broker-polling", type=float, default=0.05,
-        help="embedded broker polling interval (s; the default setting): shorter polls cut "
-        "the broker hop of a swap command but cost the daemon GIL time on every call",
-    )  # fmt: skip
-    args = ap.parse_args(argv)
+def measure(calls: int, swaps: int, threads: int, broker_polling: float = 0.05) -> dict[str, Any]:
+    """Calls and swaps through a fresh daemon, with the raw-echo baseline measured around them.
 
-    raw = raw_echo(args.calls)
-    d = DaemonProc(args.broker_polling)
+    ``daemon[0]`` is one thread, ``daemon[1]`` ``threads`` threads; ``daemon_samples_s`` holds
+    the one-thread round trips (seconds) for plots; ``swap`` is :func:`swaps_under_load`.
+    """
+    raw, raw_samples = raw_echo(calls)
+    d = DaemonProc(broker_polling)
     try:
         store_test_version(d.layout, "bench", "1.0.0", activate=True)
         store_test_version(d.layout, "flip", "1.0.0", activate=True)
         store_test_version(d.layout, "flip", "2.0.0")
-        direct = direct_host(d.layout, d.settings, args.calls)
+        direct = direct_host(d.layout, d.settings, calls)
         d.start()
-        through = daemon_calls(d, args.calls, args.threads)
-        raw_after = raw_echo(args.calls)  # the baseline is noisy: measure it on both sides
-        swap = swaps_under_load(d, args.swaps, args.threads)
+        through, daemon_samples = daemon_calls(d, calls, threads)
+        raw_after, _ = raw_echo(calls)  # the baseline is noisy: measure it on both sides
+        swap = swaps_under_load(d, swaps, threads)
     finally:
         d.stop()
     base_p50 = (raw["p50_us"] + raw_after["p50_us"]) / 2
@@ -303,7 +300,110 @@ def main(argv: list[str] | None = None) -> None:
             (raw["calls_per_s"] + raw_after["calls_per_s"]) / 2 / through[0]["calls_per_s"], 2
         ),
         "swap": swap,
+        "raw_samples_s": raw_samples,
+        "daemon_samples_s": daemon_samples,
     }
+    return report
+
+
+def _activate(d: DaemonProc, name: str, version: str) -> dict[str, Any]:
+    outcome = send_command(d.settings, "activate", {"name": name, "version": version}, 30)
+    if not outcome.get("ok"):
+        raise SystemExit(f"activate {name} {version} failed: {outcome}")
+    return dict(outcome["result"])
+
+
+def _host_pids(d: DaemonProc) -> dict[str, list[int]]:
+    status = send_command(d.settings, "status", {}, 30)
+    plugins = status["result"]["plugins"]
+    return {name: list((p.get("pool") or {}).get("pids", [])) for name, p in plugins.items()}
+
+
+def _round_robin(client: Client, names: list[str], n: int) -> list[float]:
+    for name in names:  # every host warm before timing
+        client.call_raw(name, REQUEST)
+    lat = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        client.call_raw(names[i % len(names)], REQUEST)
+        lat.append(time.perf_counter() - t0)
+    return lat
+
+
+def scale(calls: int, swaps: int, broker_polling: float = 0.05) -> dict[str, Any]:
+    """How the daemon grows: call latency at 1/10/50 active plugins, RSS at 20, swaps vs dependents.
+
+    One daemon (one host per plugin: ``plugin_concurrency`` 1): plugins are activated
+    through the control plane step by step; calls go round robin over the active ones.
+    Swap latency is the in-daemon ``took_ms`` of swapping ``base`` between two versions
+    while 0, 5 and 20 active plugins require it (each swap re-checks their ranges).
+    """
+    from plugvisor.bench.procs import rss_bytes, uss_bytes  # noqa: PLC0415
+
+    d = DaemonProc(broker_polling, concurrency=1)
+    out: dict[str, Any] = {"calls": {}, "swaps": {}}
+    try:
+        names = [f"g{i:02d}" for i in range(50)]
+        for i, name in enumerate(names):
+            store_test_version(d.layout, name, "1.0.0", activate=i == 0)
+        store_test_version(d.layout, "base", "1.0.0", activate=True)
+        store_test_version(d.layout, "base", "1.1.0")
+        deps = [f"dep{i:02d}" for i in range(20)]
+        for name in deps:
+            store_test_version(d.layout, name, "1.0.0", requires={"base": ">=1.0,<2"})
+        d.start()
+        assert d.proc is not None
+        client = Client(d.layout.daemon_socket, timeout=30)
+        active = 1
+        for target in (1, 10, 20, 50):
+            for name in names[active:target]:
+                _activate(d, name, "1.0.0")
+            active = target
+            if target == 20:  # 20 active plugins (+ base): the memory figures
+                pids = [pid for n_, ps in _host_pids(d).items() if n_ in names for pid in ps]
+                out["daemon_rss_20"] = rss_bytes(d.proc.pid)
+                out["host_rss_20"] = sorted(rss_bytes(pid) for pid in pids)
+                out["host_uss_20"] = sorted(uss_bytes(pid) for pid in pids)
+                continue
+            lat = _round_robin(client, names[:target], calls)
+            out["calls"][str(target)] = {**_summary(f"{target} plugins", lat, sum(lat)),
+                                         "samples_s": lat}  # fmt: skip
+        client.close()
+        active_deps = 0
+        version = "1.0.0"
+        for count in (0, 5, 20):
+            for name in deps[active_deps:count]:
+                _activate(d, name, "1.0.0")
+            active_deps = count
+            took = []
+            for _ in range(swaps):
+                version = "1.1.0" if version == "1.0.0" else "1.0.0"
+                took.append(_activate(d, "base", version)["took_ms"] / 1000)
+            out["swaps"][str(count)] = {
+                "p50_ms": round(_pct(took, 0.5) * 1000, 2),
+                "p99_ms": round(_pct(took, 0.99) * 1000, 2),
+                "n": len(took),
+            }
+    finally:
+        d.stop()
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--calls", type=int, default=10000)
+    ap.add_argument("--swaps", type=int, default=50)
+    ap.add_argument("--threads", type=int, default=4)
+    ap.add_argument(
+        "--broker-polling", type=float, default=0.05,
+        help="embedded broker polling interval (s; the default setting): shorter polls cut "
+        "the broker hop of a swap command but cost the daemon GIL time on every call",
+    )  # fmt: skip
+    args = ap.parse_args(argv)
+    report = measure(args.calls, args.swaps, args.threads, args.broker_polling)
+    for key in ("raw_samples_s", "daemon_samples_s"):
+        report.pop(key)
+    report["swap"].pop("samples_received_to_first_served_s")
     print(json.dumps(report, indent=2))
 
 

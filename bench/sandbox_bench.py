@@ -28,6 +28,8 @@ from plugvisor.core.config import load_settings
 from plugvisor.core.profile import load_profile
 from plugvisor.daemon.sandbox import HostSpec, Spawner
 
+__all__ = ["interpreter_start", "main", "measure", "raw_echo"]
+
 _ECHO_SERVER = (
     "import socket,sys\n"
     "s=socket.socket(fileno=int(sys.argv[1]))\n"
@@ -107,7 +109,7 @@ def host_calls(spawner: Spawner, spec: HostSpec, n: int) -> list[float]:
     return out
 
 
-def spawns(spawner: Spawner, spec: HostSpec, n: int) -> dict[str, list[float]]:
+def _spawns(spawner: Spawner, spec: HostSpec, n: int) -> dict[str, list[float]]:
     ready, first, lockdown, setup, forked = [], [], [], [], []
     for _ in range(n):
         t0 = time.perf_counter()
@@ -125,13 +127,22 @@ def spawns(spawner: Spawner, spec: HostSpec, n: int) -> dict[str, list[float]]:
             "lockdown": lockdown, "import_setup": setup}  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--calls", type=int, default=10000)
-    ap.add_argument("--spawns", type=int, default=50)
-    ap.add_argument("--json", action="store_true", help="print one JSON object")
-    args = ap.parse_args(argv)
+def interpreter_start(n: int) -> list[float]:
+    """Wall time of ``python -I -S -c pass`` (the spawn baseline: a bare interpreter start)."""
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-I", "-S", "-c", "pass"], check=True, timeout=30)
+        out.append(time.perf_counter() - t0)
+    return out
 
+
+def measure(calls: int, spawns: int, *, samples: bool = False) -> dict[str, Any]:
+    """Run the whole sandbox benchmark; statistics per measure (raw samples with ``samples``).
+
+    Raw samples (seconds) are under ``"samples"``: ``raw_echo``, ``call_raw``,
+    ``spawn_first_answer``, ``interpreter_start``.
+    """
     root = Path(tempfile.mkdtemp(prefix="pv-bench-"))
     try:
         settings = load_settings({"state_dir": str(root / "state")}, env={})
@@ -143,14 +154,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             profile=load_profile("default", settings),
         )
         results: dict[str, Any] = {"euid": os.geteuid(), "cpus": os.cpu_count()}
-        results["raw_socketpair_echo"] = _stats(raw_echo(args.calls))
+        echo = raw_echo(calls)
+        results["raw_socketpair_echo"] = _stats(echo)
         with Spawner(settings) as sp:
-            results["call_raw_policy_on"] = _stats(host_calls(sp, spec, args.calls))
-            spawn_samples = spawns(sp, spec, args.spawns)
+            call_samples = host_calls(sp, spec, calls)
+            results["call_raw_policy_on"] = _stats(call_samples)
+            spawn_samples = _spawns(sp, spec, spawns)
         with Spawner(settings, in_process_policy=False) as sp:
-            results["call_raw_os_layers_only"] = _stats(host_calls(sp, spec, args.calls))
-        for key, samples in spawn_samples.items():
-            results[key] = _stats(samples)
+            results["call_raw_os_layers_only"] = _stats(host_calls(sp, spec, calls))
+        for key, series in spawn_samples.items():
+            results[key] = _stats(series)
+        interp = interpreter_start(spawns)
+        results["python_I_S_c_pass"] = _stats(interp)
         base = results["raw_socketpair_echo"]["p50_ms"]
         results["ratio_call_vs_raw_p50"] = {
             "policy_on": round(results["call_raw_policy_on"]["p50_ms"] / base, 2),
@@ -158,6 +173,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         }
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    if samples:
+        results["samples"] = {
+            "raw_echo": echo, "call_raw": call_samples,
+            "spawn_first_answer": spawn_samples["spawn_first_answer"], "interpreter_start": interp,
+        }  # fmt: skip
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--calls", type=int, default=10000)
+    ap.add_argument("--spawns", type=int, default=50)
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    args = ap.parse_args(argv)
+    results = measure(args.calls, args.spawns)
     if args.json:
         print(json.dumps(results))
     else:

@@ -31,7 +31,7 @@ from plugvisor.core.log import configure_logging
 from plugvisor.core.profile import load_profile
 from plugvisor.workers import scanner
 
-__all__ = ["main", "make_plugin"]
+__all__ = ["main", "make_plugin", "measure"]
 
 _MODULE = '''"""Module {i} of the benchmark plugin."""
 import json
@@ -95,13 +95,8 @@ def _median_ms(samples: list[float]) -> float:
     return round(statistics.median(samples) * 1000, 2)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=7, help="timed runs of each (median)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    args = parser.parse_args(argv)
-    configure_logging("warning", "console", component="bench")  # keep per-scan records out
-
+def measure(runs: int) -> dict[str, Any]:
+    """Scan a fresh 50-file plugin warm and with ``bandit -r``; medians of ``runs`` each."""
     bandit = shutil.which("bandit") or str(Path(sys.executable).with_name("bandit"))
     with tempfile.TemporaryDirectory(prefix="plugvisor-scan-bench-") as tmp:
         root = make_plugin(Path(tmp) / "plugin")
@@ -115,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 
         warm: list[float] = []
         bandit_only: list[float] = []
-        for _ in range(args.runs):
+        for _ in range(runs):
             t = time.perf_counter()
             report = scanner.scan_tree(root, profile)
             warm.append(time.perf_counter() - t)
@@ -126,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
         shell: list[float] = []
         shell_findings = 0
-        for _ in range(args.runs):
+        for _ in range(runs):
             t = time.perf_counter()
             proc = subprocess.run(
                 [bandit, "-r", str(root), "-f", "json", "-q"],
@@ -137,9 +132,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"bandit exited {proc.returncode}: {proc.stderr[-500:]!r}")
             shell_findings = len(json.loads(proc.stdout)["results"])
 
-    result: dict[str, Any] = {
+    return {
         "files": len(sources),
-        "runs": args.runs,
+        "runs": runs,
         "cold_first_scan_ms": round(cold * 1000, 2),
         "warm_scan_ms": _median_ms(warm),
         "warm_bandit_only_ms": _median_ms(bandit_only),
@@ -148,6 +143,15 @@ def main(argv: list[str] | None = None) -> int:
         "findings_plugvisor": len(report.findings),
         "findings_bandit_cli": shell_findings,
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=7, help="timed runs of each (median)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    configure_logging("warning", "console", component="bench")  # keep per-scan records out
+    result = measure(args.runs)
     if args.json:
         print(json.dumps(result, sort_keys=True))
     else:

@@ -49,6 +49,15 @@ if [ $rc -eq 5 ]; then
 fi
 [ $rc -eq 0 ] || failed+=("pytest (exit $rc)")
 
+echo "== bench --quick"
+# Prints the benchmark table; a row short of its goal is information (timing is noisy on
+# shared machines), only a crash fails this stage. PLUGVISOR_SKIP_BENCH=1 skips it.
+if [ "${PLUGVISOR_SKIP_BENCH:-0}" = "1" ]; then
+    echo "test.sh: bench skipped (PLUGVISOR_SKIP_BENCH=1)"
+else
+    .venv/bin/python -m bench --quick || failed+=("bench --quick (crashed)")
+fi
+
 if [ ${#failed[@]} -gt 0 ]; then
     echo "test.sh: FAILED: ${failed[*]}" >&2
     exit 1
