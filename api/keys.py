@@ -50,7 +50,10 @@ def list_keys() -> ResponseReturnValue:
 )
 def trust_key(body: dict[str, Any]) -> ResponseReturnValue:
     pem = body["public_key"]
-    load_public_key(pem)  # a malformed or non-Ed25519 key is signature.bad_key, before any write
+    # Bytes, never the str: load_public_key reads a str that is not PEM as a *path*, which
+    # would let a caller trust any key file on this host and probe which files exist.
+    # A malformed or non-Ed25519 key is signature.bad_key, before any write.
+    load_public_key(pem.encode("ascii", "replace"))
     staging = services(current_app).layout.staging_dir
     fd, tmp = tempfile.mkstemp(prefix="key-", suffix=".pub", dir=staging)
     try:

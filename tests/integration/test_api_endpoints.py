@@ -570,6 +570,14 @@ def test_keys_trust_list_remove(kit: ApiKit, tmp_path: Path) -> None:
     assert garbage.status_code == 400
     assert _error(garbage)["code"] == "signature.bad_key"
     assert not list(kit.layout.staging_dir.glob("key-*")), "no temp key left behind"
+    # The body is PEM text, never a path on the server (found by the schemathesis run).
+    other = generate_keypair(tmp_path / "server-local")
+    for text in (str(tmp_path / "server-local.pub"), str(tmp_path / "absent.pub")):
+        by_path = kit.client.post("/api/keys", json={"public_key": text}, headers=admin)
+        assert by_path.status_code == 400, by_path.data
+        assert _error(by_path)["code"] == "signature.bad_key"
+        assert "No such file" not in _error(by_path)["message"]
+    assert other.keyid not in [kid for kid, _ in TrustStore(kit.root).list()]
     gone = kit.client.delete(f"/api/keys/{key.keyid}", headers=admin)
     assert gone.status_code == 200
     assert TrustStore(kit.root).list() == []
