@@ -13,6 +13,8 @@ import pwd
 import psutil
 
 __all__ = [
+    "alive",
+    "descendants",
     "fd_count",
     "orphan_sandbox_processes",
     "rss_bytes",
@@ -84,3 +86,23 @@ def orphan_sandbox_processes(user: str = "nobody", pids: set[int] | None = None)
         except psutil.NoSuchProcess:
             continue
     return orphans
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live descendant of ``pid`` (a daemon's template and plugin hosts)."""
+    try:
+        return {p.pid for p in psutil.Process(pid).children(recursive=True)}
+    except psutil.NoSuchProcess:
+        return set()
+
+
+def alive(pids: set[int]) -> set[int]:
+    """The subset of ``pids`` still running (zombies count as gone: they hold no resources)."""
+    out = set()
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                out.add(pid)
+        except psutil.NoSuchProcess:
+            continue
+    return out
