@@ -484,6 +484,19 @@ def test_rollback_without_backup_or_trust_is_refused(rig: Rig) -> None:
     assert rig.call(name, {})["version"] == "2.0.0"
 
 
+def test_daemon_refuses_a_restore_from_outside_the_staging_name(rig: Rig) -> None:
+    name = rig.unique("guard")
+    _live(rig, name)
+    rig.install(name, "2.0.0")
+    rig.go_live(name, "2.0.0")
+    for bad in ("/etc", str(rig.layout.data_dir / name), str(rig.layout.data_dir / ".restore-x-1")):
+        outcome = send_command(rig.settings, "rollback",
+                               {"name": name, "restore_from": bad}, timeout=30)  # fmt: skip
+        assert outcome["ok"] is False, (bad, outcome)
+        assert outcome["error"]["code"] == "request.invalid_field", outcome
+    assert rig.call(name, {})["version"] == "2.0.0"  # nothing moved, still serving
+
+
 # ---- faults ------------------------------------------------------------------------------------
 
 
