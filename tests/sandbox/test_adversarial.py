@@ -687,10 +687,12 @@ def test_import_that_never_ends(kit: Any) -> None:
     template = kit.spawner.template_pid
     start = time.monotonic()
     with pytest.raises(PlugvisorError) as info:
-        kit.spawner.spawn(spec, timeout=10.0)
+        kit.spawner.spawn(spec, timeout=4.0)
     elapsed = time.monotonic() - start
-    assert elapsed < 10.0 + 1.0, f"spawn took {elapsed:.1f}s"
-    # RLIMIT_CPU kills it (sandbox.spawn_failed) or the start-up deadline does.
+    # The spawn timeout bounds it in wall time even when RLIMIT_CPU (CPU seconds) lags
+    # behind on a loaded machine.
+    assert elapsed < 4.0 + 1.5, f"spawn took {elapsed:.1f}s with a 4s timeout"
+    # RLIMIT_CPU kills it (budget.time / sandbox.spawn_failed) or the spawn deadline does.
     codes = {"budget.time", "sandbox.spawn_timeout", "sandbox.spawn_failed", "plugin.error"}
     assert info.value.code in codes, info.value
 
