@@ -18,6 +18,15 @@ Crash safety follows from the order: the registry changes only after the new hos
 healthy, and at start-up the registry's active version is what runs, so a ``kill -9``
 at any instant leaves exactly one active version and a live side rebuilt from it.
 
+A rollback with ``restore_from`` (a worker-staged ``data/.restore-NAME-<job>/``, see
+:mod:`plugvisor.workers.reload`) is the one swap that is not blue/green: the data must
+not change under either version, so the old hosts are drained and stopped first, then
+``data/NAME/`` and the staged directory are exchanged in one ``renameat2`` (files and
+DB together), then the target starts; on failure the exchange is undone and the old
+version restarted. A kill -9 between the exchange and the registry commit restarts the
+old version on the restored data until the worker's re-sent command (same id, not yet
+recorded as finished) completes the swap -- the exchange is not repeated (RESTORE_ID).
+
 After a swap a :class:`~plugvisor.daemon.supervisor.Watch` counts the new version's
 errors and violations for ``watch_window_s``; reaching ``watch_error_threshold`` swaps
 back to the previous version by the same mechanics and records the reason.
