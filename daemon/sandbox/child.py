@@ -169,10 +169,55 @@ class _Log:
         self._emit("error", event, fields)
 
 
+class _PluginDatabase:
+    """``ctx.db`` as the plugin holds it: ``execute`` only, a function closing over the runtime.
+
+    No attribute path leads to the channel (a plugin holding the socket could forge
+    frames): the function's closure and globals are refused by the policy, and there is
+    no ``__dict__``. Same call and errors as :meth:`_Database.execute`.
+    """
+
+    __slots__ = ("execute",)
+    Error = DatabaseError
+    execute: Callable[..., list[list[Any]]]
+
+    def __init__(self, db: _Database) -> None:
+        def execute(sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[list[Any]]:
+            return db.execute(sql, params)
+
+        execute.__doc__ = _Database.__doc__
+        self.execute = execute
+
+
+class _PluginLog:
+    """``ctx.log`` as the plugin holds it: ``debug/info/warning/error(event, **fields)``.
+
+    Functions closing over the runtime's :class:`_Log` (see :class:`_PluginDatabase`).
+    """
+
+    __slots__ = _LOG_LEVELS
+    debug: Callable[..., None]
+    info: Callable[..., None]
+    warning: Callable[..., None]
+    error: Callable[..., None]
+
+    def __init__(self, log: _Log) -> None:
+        for level in _LOG_LEVELS:
+            object.__setattr__(self, level, _log_method(log, level))
+
+
+def _log_method(log: _Log, level: str) -> Callable[..., None]:
+    def emit(event: str, **fields: Any) -> None:
+        log._emit(level, event, fields)
+
+    emit.__name__ = emit.__qualname__ = level
+    return emit
+
+
 class _StdStream:
     """sys.stdout/sys.stderr: lines become ``ctx.log`` records instead of vanishing."""
 
-    def __init__(self, log: _Log, name: str) -> None:
+    def __init__(self, log: _PluginLog, name: str) -> None:
         self._log = log
         self._name = name
         self._buf = ""
@@ -199,8 +244,8 @@ class _StdStream:
 class PluginContext:
     """``ctx`` passed to ``setup()``: the plugin's only ways out of its process."""
 
-    db: _Database
-    log: _Log
+    db: _PluginDatabase
+    log: _PluginLog
     data_dir: str | None
     config: dict[str, Any]
 
@@ -321,13 +366,13 @@ def serve(
         return 3
     rt = _Runtime(chan, cfg, policy)
     holder.append(rt)
-    log = _Log(chan)
+    log = _PluginLog(_Log(chan))
     sys.dont_write_bytecode = True  # the code dir is read-only: no __pycache__ attempts
     sys.stdout = _StdStream(log, "stdout")
     sys.stderr = _StdStream(log, "stderr")
-    ctx = PluginContext(
-        _Database(chan, request_cap(cfg.max_response_bytes)), log, cfg.data_dir, dict(cfg.config)
-    )
+    # The plugin gets the thin facades only: nothing it holds leads to the channel.
+    db = _PluginDatabase(_Database(chan, request_cap(cfg.max_response_bytes)))
+    ctx = PluginContext(db, log, cfg.data_dir, dict(cfg.config))
 
     def load_and_setup() -> Any:
         target = policy.load_plugin(cfg.entrypoint)

@@ -123,11 +123,12 @@ _TRANSPARENT = (_STDLIB, "<")
 _IMPORTLIB = "<frozen importlib"
 _MAX_REPORTS_PER_REQUEST = 50
 _sys_getframe = sys._getframe
+#: Py_TPFLAGS_HEAPTYPE: a class made by a class statement (not a static builtin type).
+_HEAPTYPE = 1 << 9
 
 #: The one installed policy (the audit hook cannot be removed, so there is at most one).
 #: Kept in a module global rather than on objects the plugin can reach.
 _ACTIVE: _Policy | None = None
-_local = threading.local()
 
 
 def _getframe(depth: int) -> types.FrameType | None:
@@ -142,21 +143,63 @@ def _getframe(depth: int) -> types.FrameType | None:
         return None
 
 
-class _Quiet:
-    """Marks this thread busy: the hook ignores the events the policy's own work fires.
+def _make_guards() -> tuple[type, Callable[[_Policy], Callable[[str, tuple[Any, ...]], None]]]:
+    """The ``_Quiet`` context manager and the hook factory, sharing a hidden "busy" set.
 
-    Reading ``frame.f_code`` raises ``object.__getattr__`` and ``sys._getframe`` raises its
-    own event on CPython 3.11; without this the hook would recurse into itself.
+    The set of busy threads lives in this closure only: no module global, attribute or
+    thread-local leads to it, so code that reached this module could not mark its thread
+    busy by assignment; and ``_Quiet`` honours only callers compiled from this file.
     """
+    busy: set[int] = set()
+    get_ident = threading.get_ident
 
-    __slots__ = ("before",)
+    class Quiet:
+        """Marks this thread busy: the hook ignores the events the policy's own work fires.
 
-    def __enter__(self) -> None:
-        self.before = getattr(_local, "busy", False)
-        _local.busy = True
+        Reading ``frame.f_code`` raises ``object.__getattr__`` and ``sys._getframe`` raises
+        its own event on CPython 3.11; without this the hook would recurse into itself.
+        """
 
-    def __exit__(self, *exc: object) -> None:
-        _local.busy = self.before
+        __slots__ = ("ident",)
+
+        def __enter__(self) -> None:
+            caller = _sys_getframe(1).f_code.co_filename
+            if caller != _POLICY_FILE:
+                # Only the policy's own code may silence its hook.
+                raise SandboxError("policy_quiet", "the audit hook cannot be silenced from here")
+            ident = get_ident()
+            self.ident = None if ident in busy else ident
+            busy.add(ident)
+
+        def __exit__(self, *exc: object) -> None:
+            if self.ident is not None:
+                busy.discard(self.ident)
+
+    def make_hook(policy: _Policy) -> Callable[[str, tuple[Any, ...]], None]:
+        watched = policy.watched
+        on_event = policy.on_event
+
+        def hook(event: str, args: tuple[Any, ...]) -> None:
+            # The hot path: every audit event of the process comes here. One set lookup
+            # and out for the events the policy does not watch.
+            if event not in watched and not event.startswith("ctypes."):
+                return
+            ident = get_ident()
+            if ident in busy:
+                return  # an event fired by the policy's own work
+            busy.add(ident)
+            try:
+                on_event(event, args)
+            finally:
+                busy.discard(ident)
+
+        return hook
+
+    return Quiet, make_hook
+
+
+_POLICY_FILE = _getframe.__code__.co_filename
+_Quiet, _make_hook = _make_guards()
 
 
 def _op_class_of_module(name: str) -> str:
@@ -199,6 +242,8 @@ class _Policy:
         self.package: str | None = None
         self.request_id: str | None = None
         self.files_opened = 0
+        # True while our loader reads the plugin's source (not one of the plugin's files).
+        self.loading_source = False
         self.violations = 0
         self.reported: set[tuple[str, str]] = set()
         self.proxies: dict[str, _ReadOnlyModule] = {}
@@ -226,7 +271,8 @@ class _Policy:
             if op in ("dynamic_code", ALWAYS_FORBIDDEN.name)
             and e not in ("sys.addaudithook", "cpython.PyInterpreterState_New")
         )
-        self.event_table = table
+        # Read-only views: the tables the hook consults cannot be edited in place.
+        self.event_table = types.MappingProxyType(table)
         self.watched = frozenset(table) | {"open", "import"}
         self.native_forbidden = "native_code" in self.forbidden
         self.builtins = _restricted_builtins(profile)
@@ -383,7 +429,7 @@ class _Policy:
             caller = frame.f_code.co_filename if frame is not None else ""
             # The runtime's own reads (lazy .pyc through io.open_code, the plugin's source
             # read by our loader) are not the plugin's files.
-            if not caller.startswith(_IMPORTLIB) and not getattr(_local, "loading", False):
+            if not caller.startswith(_IMPORTLIB) and not self.loading_source:
                 self.files_opened += 1
                 if self.files_opened > self.profile.max_files:
                     self.over_files(path, self.plugin_frame(_getframe(3)))
@@ -567,6 +613,62 @@ class _Policy:
             f"{name}.{attr} (not allowed by profile {self.profile.name})",
             self.locate(_getframe(2)),
         )
+
+    # ---- namespaces the stdlib evaluates strings in for the plugin ---------------------
+    def plugin_namespace(self, ns: Any, *, globals_: bool) -> Any:
+        """``ns`` as a namespace to evaluate a plugin's string in, never an interpreter one.
+
+        The plugin's own module namespaces (and mappings it made) pass; a namespace
+        without ``__builtins__`` used as globals gets the plugin's builtins, not the real
+        ones eval() would insert; a real module's namespace becomes what the plugin sees
+        of that module through its proxy (nothing when the module is not allowed).
+        """
+        if ns is None:
+            return {"__builtins__": self.builtins} if globals_ else None
+        if not isinstance(ns, dict):
+            return ns
+        given = dict.get(ns, "__builtins__", _HIDDEN)
+        if given is self.builtins:
+            return ns
+        name = dict.get(ns, "__name__")
+        module = sys.modules.get(name) if isinstance(name, str) else None
+        if module is not None and getattr(module, "__dict__", None) is ns:
+            return self.module_view(module.__name__)
+        if given is builtins or given is vars(builtins):
+            return {"__builtins__": self.builtins}  # an interpreter namespace, unknown
+        if given is _HIDDEN and globals_:
+            return {**ns, "__builtins__": self.builtins}
+        return ns
+
+    def module_view(self, name: str) -> dict[str, Any]:
+        """The public names the plugin's proxy of ``name`` holds, with the plugin's builtins."""
+        if not self.import_allowed(name):
+            # ForwardRef(module=...) or a class claiming the module in __module__: the
+            # plugin asked for names of a module it may not import.
+            self.forbid(
+                _op_class_of_module(name),
+                f"typing evaluation in module {name} (not allowed by profile {self.profile.name})",
+                self.locate(_getframe(1)),
+            )
+        view = {k: v for k, v in self.proxy(name).__dict__.items() if not k.startswith("__")}
+        view["__builtins__"] = self.builtins
+        return view
+
+    def dict_exposable(self, obj: Any) -> bool:
+        """Whether ``obj.__dict__`` may be copied for the plugin (the rule of ``vars()``)."""
+        if isinstance(obj, types.ModuleType) or _is_internal(obj):
+            return False
+        if isinstance(obj, type):
+            # A class the plugin defined holds what the plugin put there; any other
+            # class dict (vars(type), vars(object)) holds unchecked slot wrappers.
+            module = vars(obj).get("__module__")
+            return (
+                bool(obj.__flags__ & _HEAPTYPE)
+                and self.package is not None
+                and isinstance(module, str)
+                and (module == self.package or module.startswith(self.package + "."))
+            )
+        return True
 
     # ---- loading ----------------------------------------------------------------------
     def load(self, entrypoint: str) -> object:
@@ -838,50 +940,207 @@ def _restricted_builtins(profile: SecurityProfile) -> dict[str, Any]:
 
 
 # ---- guarded replacements for stdlib names that dereference attributes by name --------
+#
+# Each hands the plugin only policy-owned objects: a real ``operator.attrgetter`` would
+# let ``type(getter)("__subclasses__")`` build getters nobody checked, and a subclass of
+# the real ``string.Formatter`` would leave the unchecked ``get_field`` one ``__mro__``
+# away.
 
 
-def _check_dotted(path: str) -> None:
-    for part in path.split("."):
-        if part in BLOCKED_ATTRIBUTES or part in GUARDED_ATTRIBUTES:
-            _refuse_attr(part, "attrgetter")
+def _unsafe_name(name: str) -> bool:
+    return name in BLOCKED_ATTRIBUTES or name in GUARDED_ATTRIBUTES
 
 
-def _attrgetter(*attrs: str) -> Any:
-    import operator  # noqa: PLC0415 -- the real module, not the plugin's proxy
+def _checked_path(path: object, how: str) -> tuple[str, ...]:
+    """The parts of a dotted attribute path, refused when one of them is unsafe."""
+    parts = tuple(_exact_name(path).split("."))
+    for part in parts:
+        if _unsafe_name(part):
+            _refuse_attr(part, how)
+    return parts
 
-    for attr in attrs:
-        _check_dotted(_exact_name(attr))
-    return operator.attrgetter(*attrs)
+
+class _AttrGetter:
+    """``operator.attrgetter`` as the plugin gets it: names checked at creation and call.
+
+    Checked at each call too: the instance's state is plain attributes the plugin could
+    replace with ``object.__setattr__``.
+    """
+
+    __slots__ = ("_paths",)
+
+    def __init__(self, attr: str, /, *attrs: str) -> None:
+        self._paths = tuple(_checked_path(a, "attrgetter") for a in (attr, *attrs))
+
+    def __call__(self, obj: Any, /) -> Any:
+        values = []
+        for path in self._paths:
+            value = obj
+            for part in path:
+                name = _exact_name(part)
+                if _unsafe_name(name):
+                    _refuse_attr(name, "attrgetter")
+                value = getattr(value, name)
+            values.append(value)
+        return values[0] if len(values) == 1 else tuple(values)
+
+    def __repr__(self) -> str:
+        names = ", ".join(repr(".".join(p)) for p in self._paths)
+        return f"operator.attrgetter({names})"
 
 
-def _methodcaller(name: str, /, *args: Any, **kwargs: Any) -> Any:
-    import operator  # noqa: PLC0415
+class _MethodCaller:
+    """``operator.methodcaller`` as the plugin gets it: the name checked at creation and call."""
 
-    _check_dotted(_exact_name(name))
-    return operator.methodcaller(name, *args, **kwargs)
+    __slots__ = ("_args", "_kwargs", "_name")
+
+    def __init__(self, name: str, /, *args: Any, **kwargs: Any) -> None:
+        self._name = _exact_name(name)
+        if _unsafe_name(self._name):
+            _refuse_attr(self._name, "methodcaller")
+        self._args = args
+        self._kwargs = kwargs
+
+    def __call__(self, obj: Any, /) -> Any:
+        name = _exact_name(self._name)
+        if _unsafe_name(name):
+            _refuse_attr(name, "methodcaller")
+        return getattr(obj, name)(*self._args, **self._kwargs)
+
+    def __repr__(self) -> str:
+        args = [repr(self._name), *map(repr, self._args)]
+        args += [f"{k}={v!r}" for k, v in self._kwargs.items()]
+        return f"operator.methodcaller({', '.join(args)})"
+
+
+for _cls, _name in ((_AttrGetter, "attrgetter"), (_MethodCaller, "methodcaller")):
+    _cls.__module__ = "operator"
+    _cls.__name__ = _cls.__qualname__ = _name
+
+
+def _formatter_getattr(obj: Any, name: Any, *default: Any) -> Any:
+    name = _exact_name(name)
+    if _unsafe_name(name):
+        _refuse_attr(name, "string.Formatter")
+    return getattr(obj, name, *default)
 
 
 def _guarded_formatter() -> type:
-    import string  # noqa: PLC0415
+    """``string.Formatter`` rebuilt from its own functions, with a checking ``getattr``.
 
-    class Formatter(string.Formatter):
-        """``string.Formatter`` refusing escape attributes in replacement fields."""
+    Not a subclass: the real class (and its unchecked ``get_field``) must not be in the
+    plugin's reach through ``__mro__``. The copies run in a copy of ``string``'s globals
+    whose builtins hold the checking ``getattr`` (``get_field`` resolves fields with it).
+    """
+    import string  # noqa: PLC0415 -- the real module, not the plugin's proxy
 
-        def get_field(self, field_name: str, args: Any, kwargs: Any) -> Any:
-            for part in field_name.replace("[", ".").split("."):
-                if part in BLOCKED_ATTRIBUTES or part in GUARDED_ATTRIBUTES:
-                    _refuse_attr(part, "string.Formatter")
-            return super().get_field(field_name, args, kwargs)
-
-    Formatter.__module__ = "string"
-    return Formatter
+    env = dict(vars(string))
+    env["__builtins__"] = {**vars(builtins), "getattr": _formatter_getattr}
+    namespace: dict[str, Any] = {"__module__": "string", "__doc__": string.Formatter.__doc__}
+    for name, value in vars(string.Formatter).items():
+        if isinstance(value, types.FunctionType):
+            fn = types.FunctionType(
+                value.__code__, env, value.__name__, value.__defaults__, value.__closure__
+            )
+            fn.__qualname__, fn.__doc__ = value.__qualname__, value.__doc__
+            fn.__kwdefaults__ = value.__kwdefaults__
+            namespace[name] = fn
+    return type("Formatter", (), namespace)
 
 
 _OVERRIDES: dict[tuple[str, str], Any] = {
-    ("operator", "attrgetter"): _attrgetter,
-    ("operator", "methodcaller"): _methodcaller,
+    ("operator", "attrgetter"): _AttrGetter,
+    ("operator", "methodcaller"): _MethodCaller,
     ("string", "Formatter"): _guarded_formatter(),
 }
+
+
+def _plugin_is_origin(policy: _Policy, depth: int) -> bool:
+    """Whether the plugin is behind the call ``depth`` frames above the caller."""
+    with _Quiet():
+        return policy.plugin_frame(_getframe(depth + 1)) is not None
+
+
+def _guard_stdlib(policy: _Policy) -> None:
+    """Close the stdlib's by-name routes that reach past the proxies, in the real modules.
+
+    Each replacement passes everything through unchanged unless the plugin is behind the
+    call, so the runtime's own use of these modules is not affected.
+    """
+    import functools  # noqa: PLC0415 -- the real modules
+    import typing  # noqa: PLC0415
+
+    real_eval = builtins.eval
+
+    def typing_eval(source: Any, globalns: Any = None, localns: Any = None) -> Any:
+        # typing evaluates string annotations (get_type_hints, ForwardRef._evaluate) with
+        # eval(): a namespace without __builtins__ gets the real builtins, and
+        # ForwardRef(module=...) or a class's __module__ picks any module's namespace.
+        if _plugin_is_origin(policy, 1):
+            globalns = policy.plugin_namespace(globalns, globals_=True)
+            if localns is not None:
+                localns = policy.plugin_namespace(localns, globals_=False)
+        return real_eval(source, globalns, localns)
+
+    vars(typing)["eval"] = typing_eval
+
+    real_update_wrapper = functools.update_wrapper
+
+    def update_wrapper(
+        wrapper: Any,
+        wrapped: Any,
+        assigned: Iterable[str] = functools.WRAPPER_ASSIGNMENTS,
+        updated: Iterable[str] = functools.WRAPPER_UPDATES,
+    ) -> Any:
+        # update_wrapper copies attributes by name (assigned) and a __dict__ (updated)
+        # from ``wrapped`` onto ``wrapper``; lru_cache, wraps and singledispatch call it.
+        if _plugin_is_origin(policy, 1):
+            assigned = tuple(_exact_name(n) for n in assigned)
+            updated = tuple(_exact_name(n) for n in updated)
+            for name in (*assigned, *updated):
+                # __dict__ as vars() allows it; __self__ and __getattribute__ never.
+                if _unsafe_name(name) and (
+                    name != "__dict__" or not policy.dict_exposable(wrapped)
+                ):
+                    _refuse_attr(name, "functools.update_wrapper")
+        return real_update_wrapper(wrapper, wrapped, assigned, updated)
+
+    update_wrapper.__doc__ = real_update_wrapper.__doc__
+    vars(functools)["update_wrapper"] = update_wrapper
+
+    # The importers of built-in and frozen modules hand out real modules (sys) whatever
+    # sys.modules holds, with no "import" event for a module already loaded; only the
+    # import system calls them, never plugin code.
+    for importer in (importlib.machinery.BuiltinImporter, importlib.machinery.FrozenImporter):
+        for method in ("find_spec", "find_module", "create_module", "exec_module", "load_module"):
+            real = vars(importer).get(method)
+            if real is not None:
+                setattr(importer, method, _guarded_importer_method(policy, importer, method, real))
+
+
+def _guarded_importer_method(policy: _Policy, importer: type, method: str, real: Any) -> Any:
+    """``importer.method`` refusing plugin code as its caller (the import system passes)."""
+    wrapper_kind = type(real)  # classmethod or staticmethod
+    fn = real.__func__
+    label = f"{importer.__name__}.{method}"
+
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        with _Quiet():
+            caller = _getframe(1)
+            while caller is not None and not caller.f_code.co_filename.startswith(policy.root):
+                if caller.f_code.co_filename.startswith(_IMPORTLIB):
+                    caller = None  # the import system is calling
+                    break
+                caller = caller.f_back
+        if caller is not None:
+            shown = args[1:] if wrapper_kind is classmethod else args
+            policy.forbid("interpreter", f"{label}{_describe_args(shown)}", caller)
+        return fn(*args, **kwargs)
+
+    checked.__name__ = method
+    checked.__qualname__ = f"{importer.__name__}.{method}"
+    checked.__doc__ = fn.__doc__
+    return wrapper_kind(checked)
 
 
 # ---- loading plugin code ----------------------------------------------------------------
@@ -939,11 +1198,12 @@ class _PluginLoader(importlib.machinery.SourceFileLoader):
     """Loads plugin modules from source only, through the AST guard, with restricted builtins."""
 
     def get_code(self, fullname: str) -> types.CodeType:
-        _local.loading = True
+        policy = _active()
+        policy.loading_source = True
         try:
             source = self.get_data(self.path)
         finally:
-            _local.loading = False
+            policy.loading_source = False
         return self.source_to_code(source, self.path)
 
     def source_to_code(  # type: ignore[override]
@@ -1051,21 +1311,6 @@ class PolicyHandle:
         return self._policy.load(entrypoint)
 
 
-def _audit_hook(event: str, args: tuple[Any, ...]) -> None:
-    # The hot path: every audit event of the process comes here. One set lookup and out
-    # for the events the policy does not watch.
-    policy = _ACTIVE
-    if policy is None or (event not in policy.watched and not event.startswith("ctypes.")):
-        return
-    if getattr(_local, "busy", False):
-        return  # an event fired by the policy's own work
-    _local.busy = True
-    try:
-        policy.on_event(event, args)
-    finally:
-        _local.busy = False
-
-
 def install_policy(
     profile: SecurityProfile,
     plugin_root: str,
@@ -1083,5 +1328,7 @@ def install_policy(
         raise SandboxError("policy_installed", "a policy is already installed in this process")
     policy = _Policy(profile, plugin_root, report, data_dir)
     _ACTIVE = policy
-    sys.addaudithook(_audit_hook)
+    _guard_stdlib(policy)
+    # The hook holds the policy in its closure: rebinding _ACTIVE does not switch it off.
+    sys.addaudithook(_make_hook(policy))
     return PolicyHandle(policy)

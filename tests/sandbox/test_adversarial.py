@@ -269,6 +269,65 @@ def test_switched_off_policy_cannot_chmod_outside(kit: Any) -> None:
     kit.assert_benign_still_works()
 
 
+#: Stdlib routes that read attributes (or evaluate names) for the plugin; each leads to
+#: ``object.__subclasses__()`` or a real module's namespace when left open.
+ATTRIBUTE_ROUTES = [
+    "attrgetter_type",
+    "methodcaller_type",
+    "formatter_base",
+    "update_wrapper",
+    "lru_cache_dict",
+    "wraps_dict",
+    "typing_class",
+    "method_reduce",
+    "forwardref_module",
+    "module_claim",
+]
+
+
+@pytest.mark.parametrize("route", ATTRIBUTE_ROUTES)
+def test_stdlib_attribute_routes_are_refused(layered: Any, route: str) -> None:
+    """Every stdlib route to the object graph is refused and reported by the policy itself.
+
+    ``atk_attr_routes`` walks from one route to the real ``sys.modules`` and runs
+    ``touch CANARY``. Under the full sandbox the policy must refuse the route (not the
+    kernel the command); with the OS layers alone, seccomp stops the command.
+    """
+    _needs(layered, "seccomp")
+    canary = layered.scratch_dir(0o777) / "canary"
+    codes = REFUSED if layered.os_only else frozenset({"policy.forbidden"})
+    _attack(layered, "atk_attr_routes", {"route": route, "canary": str(canary)}, codes)
+    _assert_stays_absent(canary)
+    layered.assert_benign_still_works()
+
+
+CHANNEL_ROUTES = [
+    "attr",
+    "log_attr",
+    "dict",
+    "log_dict",
+    "vars",
+    "getattribute",
+    "self",
+    "closure",
+    "log_closure",
+    "func_globals",
+    "init_globals",
+]
+
+
+@pytest.mark.parametrize("route", CHANNEL_ROUTES)
+def test_ctx_does_not_lead_to_the_channel(kit: Any, route: str) -> None:
+    """No attribute path from ``ctx.db``/``ctx.log`` reaches the channel socket.
+
+    ``atk_ctx_channel`` sends a well-formed RESULT frame (``"forged"``) for the current
+    request on whatever it digs out; the parent cannot tell such a frame from the
+    runtime's, so the only defence is that the plugin never holds the socket.
+    """
+    _attack(kit, "atk_ctx_channel", {"route": route}, REFUSED)
+    kit.assert_benign_still_works()
+
+
 def test_fork_leaves_no_child(layered: Any) -> None:
     _needs(layered, "seccomp", "rlimits")
     canary = layered.scratch_dir(0o777) / "forked"

@@ -19,10 +19,11 @@ from typing import Any
 import pytest
 
 RUNNER = r"""
-import json, os, sys, ctypes, socket, pathlib
+import json, os, sys, ctypes, socket, pathlib, importlib.machinery
 from plugvisor.core.config import load_settings
 from plugvisor.core.errors import PlugvisorError
 from plugvisor.core.profile import load_profile
+from plugvisor.daemon.sandbox import policy as policy_module
 from plugvisor.daemon.sandbox.policy import install_policy
 
 root, profile_name, cases = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
@@ -33,7 +34,9 @@ handle = install_policy(load_profile(profile_name, load_settings({})), root,
 # What a hostile plugin would have if it found a way round the import policy: the audit
 # hook must still refuse what these real modules do.
 leaks = {"os": os, "socket": socket, "ctypes": ctypes, "pathlib": pathlib,
-         "eval": eval, "import": __import__}
+         "eval": eval, "import": __import__, "policy": policy_module,
+         "importer": importlib.machinery.BuiltinImporter,
+         "frozen": importlib.machinery.FrozenImporter}
 out = {}
 try:
     plugin = handle.load_plugin("probe:Plugin")(leaks)
@@ -510,6 +513,66 @@ def test_strict_profile_refuses_what_default_allows(tmp_path: Path) -> None:
     assert res["open"]["error"] == "policy.forbidden"
     assert res["open"]["detail"].startswith("builtin: open() (not allowed by profile strict)")
     assert res["zoneinfo"]["detail"].startswith("import: import zoneinfo")
+
+
+def test_importers_refuse_plugin_callers(tmp_path: Path) -> None:
+    """The built-in/frozen importers hand out real modules: only the import system may call."""
+    methods = """
+    def case_load_sys(self):
+        return self.leaks["importer"].load_module("sys")
+
+    def case_find_spec(self):
+        return self.leaks["importer"].find_spec("sys")
+
+    def case_frozen(self):
+        return self.leaks["frozen"].find_spec("os")
+
+    def case_honest_import(self):
+        import math, itertools  # built-in modules, through the import system
+        return math.floor(2.5) + len(list(itertools.repeat(0, 2)))
+    """
+    res = run_plugin(tmp_path, methods, ["load_sys", "find_spec", "frozen", "honest_import"])
+    for case, label in [
+        ("load_sys", "BuiltinImporter.load_module('sys')"),
+        ("find_spec", "BuiltinImporter.find_spec('sys')"),
+        ("frozen", "FrozenImporter.find_spec('os')"),
+    ]:
+        assert res[case].get("error") == "policy.forbidden", res[case]
+        assert res[case]["detail"].startswith(f"interpreter: {label}, "), res[case]
+        assert res[case]["reports"] == [["policy.forbidden", res[case]["detail"]]]
+    assert res["honest_import"]["result"] == 4
+
+
+def test_policy_cannot_be_silenced_from_its_module(tmp_path: Path) -> None:
+    """Holding the policy's own module is not enough to switch the audit hook off.
+
+    The hook's "busy" state lives in a closure (no module global or thread-local to set),
+    ``_Quiet`` serves the policy's own code only, and the hook holds the policy itself, so
+    clearing the module's ``_ACTIVE`` changes nothing either.
+    """
+    methods = """
+    def case_quiet(self):
+        self.leaks["policy"]._Quiet().__enter__()
+
+    def case_silenced_system(self):
+        policy = self.leaks["policy"]
+        try:
+            policy._Quiet().__enter__()
+        except Exception:
+            pass
+        for name in ("_local", "_ACTIVE"):
+            try:
+                setattr(policy, name, None)
+            except Exception:
+                pass
+        return self.leaks["os"].system("true")
+    """
+    res = run_plugin(tmp_path, methods, ["quiet", "silenced_system"])
+    assert res["quiet"].get("error") == "sandbox.policy_quiet", res["quiet"]
+    system = res["silenced_system"]
+    assert system.get("error") == "policy.forbidden", system
+    assert system["detail"].startswith("subprocess: os.system(b'true')"), system
+    assert system["reports"] == [["policy.forbidden", system["detail"]]]
 
 
 def test_plugin_cannot_shadow_a_stdlib_module(tmp_path: Path) -> None:

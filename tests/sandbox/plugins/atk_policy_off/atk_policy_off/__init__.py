@@ -25,8 +25,13 @@ class Plugin:
         modules = importer.load_module("sys").modules  # the real sys, without an import event
         for name in list(modules):
             if name.endswith("sandbox.policy"):
-                # The hook ignores events while its own thread is marked "busy".
-                modules[name]._local.busy = True
+                policy = modules[name]
+                # The hook ignored events while its own thread was marked "busy" (a
+                # thread-local of the module) and read the policy from a module global.
+                local = getattr(policy, "_local", None)
+                if local is not None:
+                    local.busy = True
+                policy._ACTIVE = None
         if request["action"] == "system":
             rc = modules["os"].system("/usr/bin/touch " + request["canary"])
             if rc != 0:
