@@ -26,13 +26,20 @@ from plugvisor import __version__
 from plugvisor.api.auth import authorize
 from plugvisor.api.schemas import ErrorSchema, load
 from plugvisor.core.errors import ApiError
+from plugvisor.state.layout import PLUGIN_NAME_RE
 from plugvisor.state.tokens import Role
 
-__all__ = ["OPERATION_ATTR", "Operation", "bp", "build_spec", "operation"]
+__all__ = ["OPERATION_ATTR", "HeaderDoc", "Operation", "bp", "build_spec", "operation"]
 
 OPERATION_ATTR = "__plugvisor_operation__"
 F = TypeVar("F", bound=Callable[..., ResponseReturnValue])
+#: A header's documentation: its description, or its description and JSON schema.
+HeaderDoc = str | tuple[str, Mapping[str, Any]]
 _PATH_ARG = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
+#: Path arguments with a documented shape (the handlers refuse others); the rest: strings.
+_PATH_SCHEMAS: Mapping[str, Mapping[str, Any]] = {
+    "name": {"type": "string", "pattern": PLUGIN_NAME_RE.pattern, "description": "Plugin name."},
+}
 
 
 @dataclass(frozen=True)
@@ -49,8 +56,8 @@ class Operation:
     responses: Mapping[int, tuple[str, type[Schema] | None]] = field(default_factory=dict)
     #: A body the handler takes as raw JSON of any shape (plugin calls).
     raw_json_body: bool = False
-    #: Headers the endpoint honours, name -> description.
-    headers: Mapping[str, str] = field(default_factory=dict)
+    #: Headers the endpoint honours, name -> description or (description, JSON schema).
+    headers: Mapping[str, HeaderDoc] = field(default_factory=dict)
     description: str = ""
 
 
@@ -64,7 +71,7 @@ def operation(
     query: type[Schema] | None = None,
     form: type[Schema] | None = None,
     raw_json_body: bool = False,
-    headers: Mapping[str, str] | None = None,
+    headers: Mapping[str, HeaderDoc] | None = None,
     description: str = "",
 ) -> Callable[[F], F]:
     """Declare an endpoint: auth by ``role`` (None = public), validation, documentation."""
@@ -142,16 +149,18 @@ def _operation_dict(op: Operation, path_args: set[str] | frozenset[str]) -> dict
     if op.description:
         out["description"] = op.description
     params: list[dict[str, Any]] = [
-        {"name": a, "in": "path", "required": True, "schema": {"type": "string"}}
+        {"name": a, "in": "path", "required": True,
+         "schema": dict(_PATH_SCHEMAS.get(a, {"type": "string"}))}
         for a in sorted(path_args)
-    ]
+    ]  # fmt: skip
     if op.query is not None:
         params.append({"in": "query", "schema": op.query})
-    params.extend(
-        {"name": h, "in": "header", "required": False, "schema": {"type": "string"},
-         "description": d}
-        for h, d in op.headers.items()
-    )  # fmt: skip
+    for name, doc in op.headers.items():
+        desc, schema = (doc, {"type": "string"}) if isinstance(doc, str) else doc
+        params.append(
+            {"name": name, "in": "header", "required": False, "schema": dict(schema),
+             "description": desc}
+        )  # fmt: skip
     if params:
         out["parameters"] = params
     if op.body is not None:

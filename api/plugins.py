@@ -23,7 +23,7 @@ from werkzeug.utils import secure_filename
 from plugvisor.api.app import ApiServices, services
 from plugvisor.api.audit import build_audit_report
 from plugvisor.api.auth import current_principal
-from plugvisor.api.openapi import operation
+from plugvisor.api.openapi import HeaderDoc, operation
 from plugvisor.api.schemas import (
     AcceptedSchema,
     AuditQuerySchema,
@@ -46,9 +46,12 @@ __all__ = ["IDEMPOTENCY_HEADER", "PayloadTooLarge", "accepted", "bp", "plugin_js
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 _KEY_RE = re.compile(r"^[\x21-\x7e]{1,200}$")  # visible ASCII, as RFC drafts suggest
-_IDEM_DOC = {
-    IDEMPOTENCY_HEADER: "Retry-safe key (visible ASCII, at most 200 characters): the same "
-    "key from the same token returns the job already started instead of a new one."
+_IDEM_DOC: dict[str, HeaderDoc] = {
+    IDEMPOTENCY_HEADER: (
+        "Retry-safe key (visible ASCII, at most 200 characters): the same key from the "
+        "same token returns the job already started instead of a new one.",
+        {"type": "string", "pattern": _KEY_RE.pattern, "minLength": 1, "maxLength": 200},
+    )
 }
 _ACCEPTED = {202: ("Job started; follow status_url", AcceptedSchema)}
 _NOT_FOUND = {404: ("No such plugin or version", None)}

@@ -145,7 +145,13 @@ class UploadFormSchema(_Strict):
     archive = fields.Raw(
         required=True,
         validate=_check_file,
-        metadata={"type": "string", "format": "binary", "description": "The .tar.gz archive."},
+        # minLength: an empty part is refused (400), so the document says so.
+        metadata={
+            "type": "string",
+            "format": "binary",
+            "minLength": 1,
+            "description": "The .tar.gz archive (not empty).",
+        },
     )
 
 
