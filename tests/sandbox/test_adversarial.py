@@ -1029,6 +1029,28 @@ def test_violation_flood_is_bounded(kit: Any) -> None:
     kit.assert_benign_still_works()
 
 
+def test_dataclass_field_names_do_not_leak_sys(kit: Any) -> None:
+    """Code injected through a dataclass field name must not hand the plugin the real sys.
+
+    ``atk_dataclass_leak`` builds a class with ``type()`` that claims ``__module__ = "os"``
+    and has a field named with Python source: ``dataclasses`` exec()s it with os's
+    globals, and it appends ``sys`` to a list the plugin holds.
+    """
+    _attack(kit, "atk_dataclass_leak", {"action": "leak"}, frozenset({"policy.forbidden"}))
+    kit.assert_benign_still_works()
+
+
+def test_dataclass_leak_cannot_switch_the_policy_off(layered: Any) -> None:
+    """The same leak, then the policy switched off and ``touch CANARY``."""
+    _needs(layered, "seccomp")
+    canary = layered.scratch_dir(0o777) / "canary"
+    codes = REFUSED if layered.os_only else frozenset({"policy.forbidden"})
+    request = {"action": "system", "canary": str(canary)}
+    _attack(layered, "atk_dataclass_leak", request, codes)
+    _assert_stays_absent(canary)
+    layered.assert_benign_still_works()
+
+
 # ---- what the sandbox reports ------------------------------------------------------------------
 
 
