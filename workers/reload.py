@@ -43,6 +43,7 @@ from plugvisor.core.archive import remove_tree
 from plugvisor.core.errors import (
     ConflictError,
     DependencyError,
+    JobError,
     NotFoundError,
     SignatureError,
     StateError,
@@ -180,6 +181,52 @@ def _command_timeout(settings: Settings, job: JobRun) -> float:
     return max(1.0, min(settings.swap_health_timeout_s * 2 + 20.0, left))
 
 
+def _transient_errors() -> tuple[type[BaseException], ...]:
+    """Broker-connection errors worth another try (the command id makes a retry safe)."""
+    from kombu.exceptions import OperationalError  # noqa: PLC0415 -- kombu is untyped
+
+    errors: list[type[BaseException]] = [OSError, OperationalError]
+    try:
+        import amqp  # noqa: PLC0415
+
+        errors.append(amqp.exceptions.ConnectionError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+_TRANSIENT = _transient_errors()
+
+
+def _command(
+    settings: Settings, job: JobRun, kind: str, params: dict[str, Any], command_id: str
+) -> dict[str, Any]:
+    """Send one control-plane command and return its result, retrying lost connections.
+
+    A broken broker connection (RabbitMQ restarting, a dropped socket) is retried with
+    back-off inside the task's time budget; every try carries the same ``command_id``,
+    so the daemon applies the command once whatever number of copies reach it.
+    """
+    delay = 0.2
+    while True:
+        timeout = _command_timeout(settings, job)
+        try:
+            outcome = send_command(settings, kind, params, timeout=timeout, command_id=command_id)
+        except _TRANSIENT as exc:
+            left = soft_time_limit(settings) - (time.monotonic() - job.started)
+            if left < delay + 5.0:
+                raise JobError(
+                    "broker_unavailable", f"{kind} command {command_id} could not reach the "
+                    f"daemon: {type(exc).__name__}: {exc}", command_id=command_id,
+                ) from exc  # fmt: skip
+            job.log.warning("job.command_retry", kind=kind, command_id=command_id,
+                            error=f"{type(exc).__name__}: {exc}", retry_in_s=delay)  # fmt: skip
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            continue
+        return dict(outcome_result(outcome))
+
+
 def _activate(job: JobRun, settings: Settings) -> None:
     """Ask the daemon to swap; the job's result is its recorded outcome."""
     target = _target(job)
@@ -188,11 +235,8 @@ def _activate(job: JobRun, settings: Settings) -> None:
     def activate(_step: Step) -> dict[str, Any]:
         # Same id on every delivery: the daemon applies it once and answers repeats
         # from Registry.record_command.
-        outcome = send_command(
-            settings, "activate", {"name": name, "version": version},
-            timeout=_command_timeout(settings, job), command_id=f"{job.job_id}:activate",
-        )  # fmt: skip
-        return dict(outcome_result(outcome))
+        return _command(settings, job, "activate", {"name": name, "version": version},
+                        f"{job.job_id}:activate")  # fmt: skip
 
     swapped = job.run_step("activate", activate)
     job.succeed({
@@ -304,12 +348,8 @@ def _restore(job: JobRun, settings: Settings) -> None:
     )  # fmt: skip
 
     def swap(_step: Step) -> dict[str, Any]:
-        outcome = send_command(
-            settings, "rollback",
-            {"name": name, "version": version, "restore_from": staged["stage"]},
-            timeout=_command_timeout(settings, job), command_id=f"{job.job_id}:rollback",
-        )  # fmt: skip
-        return dict(outcome_result(outcome))
+        params = {"name": name, "version": version, "restore_from": staged["stage"]}
+        return _command(settings, job, "rollback", params, f"{job.job_id}:rollback")
 
     swapped = job.run_step("swap", swap)
 
