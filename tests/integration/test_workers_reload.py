@@ -43,6 +43,7 @@ from plugvisor.state.layout import StateLayout
 from plugvisor.state.registry import JobRecord, JobStatus, Registry, VersionStatus
 from plugvisor.state.trust import TrustStore
 from plugvisor.workers.jobs import start_job, wait_for_job
+from plugvisor.workers.pipelines import recover_stale_jobs
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGVISOR = REPO / ".venv" / "bin" / "plugvisor"
@@ -533,6 +534,39 @@ def test_worker_killed_mid_step_completes_exactly_once(rig: Rig, step: str) -> N
     assert [e.to_version for e in rig.events(name)] == ["1.0.0", "2.0.0"]  # one activation
     assert rig.call(name, {})["version"] == "2.0.0"
     assert not list(rig.layout.staging_dir.glob("trial-*"))
+
+
+@pytest.mark.slow
+def test_whole_worker_killed_mid_trial_then_a_new_worker_finishes(rig: Rig) -> None:
+    """SIGKILL the worker's whole process group; a new worker completes the job once."""
+    name = rig.unique("crash")
+    _live(rig, name)
+    rig.install(name, "2.0.0")
+    assert rig.worker is not None
+    rig.arm("trial")
+    try:
+        job_id = start_job(rig.settings, "reload", {"name": name})
+        rig.reached("trial")
+        os.killpg(rig.worker.pid, signal.SIGKILL)
+        rig.worker.wait(timeout=10)
+        rig.disarm("trial")
+        if rig.broker == "sqlite":
+            # kombu's SQLite transport cannot hand back a message its killed consumer
+            # held; the job record can: worker start-up recovery re-enqueues running
+            # jobs past the time limit (zero here, so no waiting).
+            stale = rig.settings.with_overrides(job_time_limit_s=0.0)
+            assert recover_stale_jobs(stale, grace_s=0.0) == [job_id]
+        rig.start_worker()  # RabbitMQ redelivers the unacked message to it
+        job = rig.wait(job_id)
+    finally:
+        rig.disarm("trial")
+    _ok(rig, job)
+    assert {s["name"]: s["attempt"] for s in job.steps} == {
+        "check": 1, "snapshot": 1, "trial": 2, "activate": 1,
+    }  # fmt: skip
+    assert rig.backups(name) == ["1.0.0"]
+    assert [e.to_version for e in rig.events(name)] == ["1.0.0", "2.0.0"]
+    assert rig.call(name, {})["version"] == "2.0.0"
 
 
 @pytest.mark.slow
