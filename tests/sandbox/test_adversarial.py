@@ -117,7 +117,7 @@ def _attack(
     return err
 
 
-def _assert_stays_absent(path: Path, seconds: float = 0.3) -> None:
+def _assert_stays_absent(path: Path, seconds: float = 0.15) -> None:
     """``path`` does not appear within ``seconds`` (a forked or exec'd process may lag)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -282,6 +282,8 @@ ATTRIBUTE_ROUTES = [
     "method_reduce",
     "forwardref_module",
     "module_claim",
+    "global_enum",
+    "convert_read",
 ]
 
 
@@ -336,7 +338,7 @@ def test_fork_leaves_no_child(layered: Any) -> None:
     if _alive(host.pid):
         # The forked child would sleep 3 s: it would be visible right now.
         assert psutil.Process(host.pid).children(recursive=True) == []
-    _assert_stays_absent(canary)
+    _assert_stays_absent(canary, seconds=0.5)  # the child would touch it, then sleep
     layered.assert_benign_still_works()
 
 
