@@ -156,9 +156,9 @@ def _operation_dict(op: Operation, path_args: set[str] | frozenset[str]) -> dict
     if op.query is not None:
         params.append({"in": "query", "schema": op.query})
     for name, doc in op.headers.items():
-        desc, schema = (doc, {"type": "string"}) if isinstance(doc, str) else doc
+        desc, header_schema = (doc, {"type": "string"}) if isinstance(doc, str) else doc
         params.append(
-            {"name": name, "in": "header", "required": False, "schema": dict(schema),
+            {"name": name, "in": "header", "required": False, "schema": dict(header_schema),
              "description": desc}
         )  # fmt: skip
     if params:

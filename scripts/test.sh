@@ -2,7 +2,8 @@
 # Install everything the tests need, then run ruff, mypy and pytest.
 #
 # README's second command and what .ci/run runs (with CI=true). Installs Debian's
-# rabbitmq-server for the RabbitMQ tests (the tests start it on 127.0.0.1 themselves).
+# rabbitmq-server for the RabbitMQ tests (the tests start it on 127.0.0.1 themselves) and
+# chromium + chromium-driver for the admin page's headless browser test.
 # Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +12,9 @@ bash scripts/install.sh
 
 need=()
 command -v rabbitmq-server >/dev/null 2>&1 || need+=(rabbitmq-server)
+# Debian's browser and its WebDriver for the admin page's end-to-end test (~30 s).
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ]; then
         echo "test.sh: installing Debian packages: ${need[*]}"
