@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import psutil
 import pytest
+
+from plugvisor.api.testkit import UpStack, pack_greeter
 
 PLUGVISOR = [sys.executable, "-m", "plugvisor"]
 
@@ -127,3 +130,53 @@ def test_up_is_idempotent_on_an_existing_state_dir() -> None:
         finally:
             proc.send_signal(signal.SIGINT)
             assert proc.wait(timeout=60) == 0
+
+
+@pytest.mark.slow
+def test_up_then_reload_via_the_cli_shows_progress_and_serves_the_new_version() -> None:
+    """README command 1 continued: upload a newer greeter, reload it with the CLI, call it."""
+    base = Path(tempfile.mkdtemp(prefix="pv-up3-", dir="/tmp"))
+    base.chmod(0o755)
+    try:
+        with UpStack.start(base) as up:
+            # The URL and token come from up's own output, as the README tells the operator.
+            assert up.url.startswith("http://127.0.0.1:")
+            assert up.token.startswith("pvt_")
+            env = up.env()
+
+            def cli(*args: str) -> subprocess.CompletedProcess[str]:
+                return subprocess.run([*PLUGVISOR, *args], env=env, capture_output=True,
+                                      text=True, timeout=120)  # fmt: skip
+
+            archive = pack_greeter("1.1.0", up.state_dir / "keys" / "demo.key", base)
+            uploaded = cli("upload", str(archive))
+            assert uploaded.returncode == 0, (uploaded.stdout, uploaded.stderr, up.log_tail())
+            assert '"status": "approved"' in uploaded.stdout
+
+            out = cli("reload", "greeter", "--version", "1.1.0")
+            assert out.returncode == 0, (out.stdout, out.stderr, up.log_tail())
+            lines = out.stdout.splitlines()
+            # Progress: the job announced, one line per step change, the outcome last.
+            assert lines[0].startswith("job ") and lines[0].endswith("(reload) queued"), lines
+            running = [line.split(":")[0] for line in lines if line.endswith(": running")]
+            done = [line.split(":")[0] for line in lines if ": succeeded" in line]
+            assert {"snapshot", "trial", "activate"} <= set(done), out.stdout
+            assert set(running) <= set(done), "every step that ran finished"
+            assert done[-1] == "activate", out.stdout
+            assert any(line.startswith("job ") and line.endswith(" succeeded") for line in lines)
+            result = json.loads(out.stdout[out.stdout.index("{") :])
+            assert result["version"] == "1.1.0"
+            assert result["outcome"] == "swapped"
+
+            called = cli("call", "greeter", '{"name": "x"}')
+            assert called.returncode == 0, called.stderr
+            assert json.loads(called.stdout) == {
+                "ok": True,
+                "result": {"greeting": "Hello, x!", "version": "1.1.0"},
+            }
+            status = json.loads(cli("--json", "remote-status").stdout)
+            greeter = next(p for p in status["plugins"] if p["name"] == "greeter")
+            assert greeter["active_version"] == "1.1.0"
+        assert up.proc.returncode == 0
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
