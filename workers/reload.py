@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from plugvisor.core.archive import remove_tree
@@ -56,7 +57,7 @@ from plugvisor.state.registry import ACTIVATABLE, Registry, VersionStatus
 from plugvisor.state.store import VersionStore
 from plugvisor.state.trust import TrustStore
 from plugvisor.workers.app import soft_time_limit
-from plugvisor.workers.jobs import JobRun, Step, open_registry
+from plugvisor.workers.jobs import JobFailed, JobRun, Step, open_registry
 from plugvisor.workers.snapshot import (
     RESTORE_ID,
     read_backup,
@@ -351,14 +352,22 @@ def _restore(job: JobRun, settings: Settings) -> None:
         params = {"name": name, "version": version, "restore_from": staged["stage"]}
         return _command(settings, job, "rollback", params, f"{job.job_id}:rollback")
 
-    swapped = job.run_step("swap", swap)
+    try:
+        swapped = job.run_step("swap", swap)
+    except JobFailed:
+        # Refused or undone by the daemon: the staged copy still holds the backup's data
+        # (its RESTORE_ID is ours), a duplicate of the backup: not worth keeping.
+        stage = Path(str(staged["stage"]))
+        if _read_restore_id(stage) == job.job_id:
+            remove_tree(stage)
+        raise
 
     def keep_previous(_step: Step) -> dict[str, Any]:
         # After the exchange the staged path holds the data the old version left.
         stage = layout.data_dir / os.path.basename(str(staged["stage"]))
         if not stage.exists():
             return {"previous_data": None}
-        if (stage / RESTORE_ID).exists() and (stage / RESTORE_ID).read_text() == job.job_id:
+        if _read_restore_id(stage) == job.job_id:
             remove_tree(stage)  # never exchanged (the daemon found it applied already)
             return {"previous_data": None}
         dest = layout.plugin_backups_dir(name) / f".pre-rollback-{job.job_id.replace(':', '_')}"
@@ -380,6 +389,13 @@ def _restore(job: JobRun, settings: Settings) -> None:
         "snapshot": _backup_ref(job.step_result("snapshot")),
         "previous_data": kept.get("previous_data"),
     })  # fmt: skip
+
+
+def _read_restore_id(stage: Path) -> str | None:
+    try:
+        return (stage / RESTORE_ID).read_text().strip()
+    except OSError:
+        return None
 
 
 #: Short task name -> body (merged into the task registry by tasks.py).

@@ -62,6 +62,10 @@ class Plugin:
     def setup(self, ctx):
         self.ctx = ctx
         ctx.db.execute("CREATE TABLE IF NOT EXISTS notes (v TEXT, text TEXT)")
+        if MODE == "poison_sensitive" and ctx.db.execute(
+            "SELECT 1 FROM notes WHERE text = 'poison'"
+        ):
+            raise RuntimeError("refusing to start on poisoned data")
 
     def health(self):
         return MODE != "unhealthy"
@@ -472,6 +476,27 @@ def test_rollback_restores_code_and_data(rig: Rig) -> None:
     job = rig.job("rollback", name=name, version="2.0.0")
     _ok(rig, job)
     assert rig.call(name, {})["rows"] == [["1.0.0", "one"], ["2.0.0", "two"]]
+
+
+def test_rollback_whose_target_fails_to_start_puts_everything_back(rig: Rig) -> None:
+    """The restored version does not start: data exchanged back, the old version serves."""
+    name = rig.unique("undo")
+    rig.install(name, "1.0.0", "poison_sensitive")
+    rig.go_live(name, "1.0.0")
+    rig.call(name, {"write": "poison"})  # read only at setup: 1.0.0 keeps running
+    rig.install(name, "2.0.0")
+    _ok(rig, rig.job("reload", name=name, version="2.0.0"))  # snapshot holds the poison
+    rig.call(name, {"write": "after"})
+    job = rig.job("rollback", name=name)
+    assert job.status is JobStatus.failed, job.to_dict()
+    assert job.error["code"] == "sandbox.start_failed", job.error
+    assert "restarted on its own data" in job.error["message"]
+    answer = rig.call(name, {})
+    assert answer["version"] == "2.0.0"
+    assert answer["rows"] == [["1.0.0", "poison"], ["2.0.0", "after"]]
+    with rig.registry() as reg:
+        assert reg.get_plugin(name).active_version == "2.0.0"
+    assert not list(rig.layout.data_dir.glob(f".restore-{name}-*"))  # no staged leftovers
 
 
 def test_rollback_without_backup_or_trust_is_refused(rig: Rig) -> None:
