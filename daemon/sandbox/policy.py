@@ -654,6 +654,17 @@ class _Policy:
         view["__builtins__"] = self.builtins
         return view
 
+    def check_module_target(self, module: object, how: str) -> None:
+        """Refuse stdlib work on a module namespace named by the plugin, unless its own."""
+        package = self.package
+        if (
+            isinstance(module, str)
+            and package is not None
+            and (module == package or module.startswith(package + "."))
+        ):
+            return
+        self.forbid("interpreter", f"{how} on module {module!r}", self.locate(_getframe(1)))
+
     def dict_exposable(self, obj: Any) -> bool:
         """Whether ``obj.__dict__`` may be copied for the plugin (the rule of ``vars()``)."""
         if isinstance(obj, types.ModuleType) or _is_internal(obj):
@@ -1107,6 +1118,29 @@ def _guard_stdlib(policy: _Policy) -> None:
 
     update_wrapper.__doc__ = real_update_wrapper.__doc__
     vars(functools)["update_wrapper"] = update_wrapper
+
+    # enum exports members into sys.modules[cls.__module__] (global_enum) and builds
+    # enums from, and into, any named module (EnumType._convert_): with a forged
+    # __module__ that rewrites real modules (this one's tables included) or reads them.
+    import enum  # noqa: PLC0415
+
+    real_global_enum = enum.global_enum
+    real_convert = vars(enum.EnumType)["_convert_"]
+
+    def global_enum(cls: Any, update_str: bool = False) -> Any:
+        if _plugin_is_origin(policy, 1):
+            policy.check_module_target(getattr(cls, "__module__", None), "enum.global_enum")
+        return real_global_enum(cls, update_str)
+
+    def convert(cls: Any, name: str, module: str, *args: Any, **kwargs: Any) -> Any:
+        if _plugin_is_origin(policy, 1):
+            policy.check_module_target(module, "Enum._convert_")
+        return real_convert(cls, name, module, *args, **kwargs)
+
+    global_enum.__doc__ = real_global_enum.__doc__
+    convert.__name__ = convert.__qualname__ = "_convert_"
+    vars(enum)["global_enum"] = global_enum
+    type.__setattr__(enum.EnumType, "_convert_", convert)
 
     # The importers of built-in and frozen modules hand out real modules (sys) whatever
     # sys.modules holds, with no "import" event for a module already loaded; only the

@@ -1,5 +1,6 @@
 """Hostile test plugin: Reaches object.__subclasses__() or a real module's namespace by one stdlib route that reads attributes by name, then runs a command."""
 
+import enum
 import functools
 import operator
 import string
@@ -46,6 +47,19 @@ def _subclasses(route):
         return typing.get_type_hints(_Annotated)["x"](object, SUBCLASSES)()
     if route == "method_reduce":
         return [].append.__reduce__()[0](object, SUBCLASSES)()
+    if route == "global_enum":
+        # global_enum exports the members into sys.modules[__module__]: here the policy's
+        # own table of blocked attributes becomes an empty frozenset.
+        class Tables(frozenset, enum.Enum):
+            BLOCKED_ATTRIBUTES = ()
+            GUARDED_ATTRIBUTES = ("x",)
+
+        Tables.__module__ = "plugvisor.daemon.sandbox.policy"
+        try:
+            enum.global_enum(Tables)
+        except KeyError:
+            pass  # no policy module in this process: nothing to switch off
+        return getattr(object, SUBCLASSES)()
     raise ValueError(f"unknown route {route!r}")
 
 
@@ -60,10 +74,17 @@ def _modules(route):
     return importer.load_module("sys").modules
 
 
+def _system(route):
+    """The real os.system, by ``route``."""
+    if route == "convert_read":
+        # Enum._convert_ builds an enum from any named module's namespace.
+        return enum.Enum._convert_("PvX", "os", lambda name: name == "system").system.value
+    return _modules(route)["os"].system
+
+
 class Plugin:
     def handle(self, request):
-        modules = _modules(request["route"])
-        rc = modules["os"].system("/usr/bin/touch " + request["canary"])
+        rc = _system(request["route"])("/usr/bin/touch " + request["canary"])
         if rc != 0:
             raise OSError("system returned %d" % rc)
         return rc
