@@ -9,8 +9,9 @@ the latency distributions (when matplotlib, the ``bench`` extra, is installed).
 
 The pieces are the benchmark modules' own ``measure`` functions: ``sandbox_bench``
 (host round trip, spawn vs a bare interpreter), ``daemon_bench`` (calls and swaps
-through a daemon; growth with plugins and dependents; memory), ``scan_bench`` and, once
-it exists, ``reload_bench`` (a reload job end to end on each broker).
+through a daemon; growth with plugins and dependents; memory), ``scan_bench``,
+``reload_bench`` (a reload job end to end on each broker) and ``api_bench``
+(``GET /api/jobs/ID`` under gunicorn).
 """
 
 from __future__ import annotations
@@ -290,12 +291,34 @@ def _reload(run: Run) -> None:
                             "-> activate"))  # fmt: skip
 
 
+def _api(run: Run) -> None:
+    """``GET /api/jobs/ID`` under gunicorn (2 workers x 4 threads): ``bench/api_bench.py``."""
+    from plugvisor.bench import api_bench  # noqa: PLC0415
+
+    clients = 8
+    r = api_bench.measure(min(run.params.calls, 5000), clients, samples=True)
+    run.samples["GET /api/jobs/ID under gunicorn"] = r["job_get"].pop("samples_s")
+    r["baseline"].pop("samples_s")
+    run.raw["api"] = r
+    job, base = r["job_get"], r["baseline"]
+    where = f"gunicorn 2x4 gthread, {clients} keep-alive client threads, loopback"
+    run.rows += [
+        Row("API GET /api/jobs/ID throughput", job["req_per_s"], "req/s", base["req_per_s"],
+            "trivial WSGI app, same gunicorn", note=f"{where}; {job['errors']} errors"),
+        Row("API GET /api/jobs/ID p50", job["p50_ms"], "ms", base["p50_ms"],
+            "trivial WSGI app p50"),
+        Row("API GET /api/jobs/ID p99", job["p99_ms"], "ms", base["p99_ms"],
+            "trivial WSGI app p99"),
+    ]  # fmt: skip
+
+
 BENCHMARKS: dict[str, Callable[[Run], None]] = {
     "sandbox": _sandbox,
     "daemon": _daemon,
     "scale": _scale,
     "scan": _scan,
     "reload": _reload,
+    "api": _api,
 }
 
 
