@@ -734,6 +734,68 @@ def _type_expression_escape(source: str) -> str | None:
     return None
 
 
+#: Statements and expressions the code dataclasses generates never holds.
+_NOT_GENERATED = (
+    ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef, ast.Import,
+    ast.ImportFrom, ast.Global, ast.Nonlocal, ast.ListComp, ast.SetComp, ast.DictComp,
+    ast.GeneratorExp, ast.NamedExpr, ast.Await, ast.Yield, ast.YieldFrom, ast.Delete,
+    ast.For, ast.While, ast.With, ast.Try,
+)  # fmt: skip
+
+
+def _generated_code_escape(source: object) -> str | None:
+    """What makes ``source`` more than one function made by ``dataclasses._create_fn``.
+
+    The shape is fixed: ``def __create_fn__(<names>):`` holding one ``def <name>(...)``
+    (defaults and annotations plain names) and ``return <name>``; field names are
+    identifiers in it, so any other statement came from a field name carrying source.
+    """
+    if not isinstance(source, str):
+        return "not source text"
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return "invalid syntax"
+    outer = tree.body[0] if len(tree.body) == 1 else None
+    if not isinstance(outer, ast.FunctionDef) or outer.name != "__create_fn__":
+        return "statements around __create_fn__"
+    if outer.decorator_list or outer.returns or _has_defaults_or_annotations(outer.args):
+        return "__create_fn__ signature"
+    inner = outer.body[0] if len(outer.body) == 2 else None
+    ret = outer.body[-1]
+    if (
+        not isinstance(inner, ast.FunctionDef)
+        or not isinstance(ret, ast.Return)
+        or not isinstance(ret.value, ast.Name)
+        or ret.value.id != inner.name
+        or inner.decorator_list
+    ):
+        return "statements in __create_fn__"
+    args = inner.args
+    for value in [*args.defaults, *args.kw_defaults, inner.returns]:
+        if value is not None and not isinstance(value, ast.Name):
+            return "a default or return annotation that is not a name"
+    for arg in [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg]:
+        if (
+            arg is not None
+            and arg.annotation is not None
+            and not isinstance(arg.annotation, ast.Name)
+        ):
+            return "an annotation that is not a name"
+    for stmt in inner.body:
+        for node in ast.walk(stmt):
+            if isinstance(node, _NOT_GENERATED):
+                return type(node).__name__
+    return None
+
+
+def _has_defaults_or_annotations(args: ast.arguments) -> bool:
+    every = [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg]
+    return bool(args.defaults or any(args.kw_defaults)) or any(
+        a is not None and a.annotation is not None for a in every
+    )
+
+
 class _HiddenType:
     pass
 
@@ -1141,6 +1203,27 @@ def _guard_stdlib(policy: _Policy) -> None:
     convert.__name__ = convert.__qualname__ = "_convert_"
     vars(enum)["global_enum"] = global_enum
     type.__setattr__(enum.EnumType, "_convert_", convert)
+
+    # dataclasses exec()s generated text with field names in it verbatim, in the globals
+    # of sys.modules[cls.__module__]: a name carrying source, or a claimed module, would
+    # run code the AST guard never saw in a namespace the plugin does not own.
+    import dataclasses  # noqa: PLC0415
+
+    real_exec = builtins.exec
+
+    def dataclasses_exec(source: Any, globalns: Any = None, localns: Any = None) -> None:
+        if _plugin_is_origin(policy, 1):
+            what = _generated_code_escape(source)
+            if what is not None:
+                policy.forbid(
+                    "interpreter",
+                    f"dataclass code altered by a field name ({what})",
+                    policy.locate(_getframe(1)),
+                )
+            globalns = policy.plugin_namespace(globalns, globals_=True)
+        real_exec(source, globalns, localns)
+
+    vars(dataclasses)["exec"] = dataclasses_exec
 
     # The importers of built-in and frozen modules hand out real modules (sys) whatever
     # sys.modules holds, with no "import" event for a module already loaded; only the
