@@ -36,7 +36,7 @@ from plugvisor.state.layout import StateLayout
 from plugvisor.state.registry import Registry, VersionRecord, VersionStatus
 from plugvisor.state.tokens import TOKENS_FILE, Role, TokenStore
 
-__all__ = ["ApiKit", "LiveServer", "UpStack", "free_port", "pack_greeter"]
+__all__ = ["ApiKit", "LiveServer", "UpStack", "free_port", "pack_greeter", "read_until_line"]
 
 #: The demo plugin ``plugvisor up`` installs (a package resource).
 GREETER = Path(__file__).resolve().parent.parent / "examples" / "greeter"
@@ -179,7 +179,7 @@ class UpStack:
                 stdout=subprocess.PIPE, stderr=log, env=env,
             )  # fmt: skip
         try:
-            lines = _read_until(proc, "ready", timeout)
+            lines = read_until_line(proc, "ready", timeout)
         except BaseException:
             _stop(proc)
             raise
@@ -220,7 +220,7 @@ class UpStack:
         self.stop()
 
 
-def _read_until(proc: subprocess.Popen[bytes], want: str, timeout: float) -> list[str]:
+def read_until_line(proc: subprocess.Popen[bytes], want: str, timeout: float) -> list[str]:
     """``proc``'s stdout lines up to the one equal to ``want``; AssertionError at the deadline.
 
     Reads the raw pipe: ``select`` on a buffered reader misses lines already buffered.

@@ -4,54 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from plugvisor.api.testkit import UpStack, pack_greeter
+from plugvisor.api.testkit import UpStack, free_port, pack_greeter, read_until_line
 
 PLUGVISOR = [sys.executable, "-m", "plugvisor"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_line(proc: subprocess.Popen[bytes], want: str, timeout: float) -> list[str]:
-    """Lines of ``proc``'s stdout up to the one equal to ``want`` (fails at the deadline).
-
-    Reads the raw pipe: ``select`` on a buffered reader misses lines already buffered.
-    """
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    buf = b""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.5)
-        if ready:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            buf += chunk
-            lines = buf.decode("utf-8", "replace").splitlines()
-            if want in (line.strip() for line in lines):
-                return lines
-        elif proc.poll() is not None:
-            break
-    raise AssertionError(
-        f"no {want!r} line within {timeout} s; output:\n" + buf.decode("utf-8", "replace")
-    )
 
 
 @pytest.mark.slow
@@ -59,7 +24,7 @@ def test_up_serves_greeter_and_stops_cleanly() -> None:
     # The sandbox user must traverse to the plugin code: a 0o755 dir under /tmp.
     state = Path(tempfile.mkdtemp(prefix="pv-up-", dir="/tmp"))
     state.chmod(0o755)
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [
             *PLUGVISOR,
@@ -69,7 +34,7 @@ def test_up_serves_greeter_and_stops_cleanly() -> None:
             "--port",
             str(port),
             "--metrics-port",
-            str(_free_port()),
+            str(free_port()),
         ],
         stdout=subprocess.PIPE,
         stderr=(state / "up.log").open("wb"),
@@ -77,7 +42,7 @@ def test_up_serves_greeter_and_stops_cleanly() -> None:
     )
     try:
         try:
-            lines = _wait_line(proc, "ready", timeout=90)
+            lines = read_until_line(proc, "ready", timeout=90)
         except AssertionError as exc:
             log = (state / "up.log").read_text(errors="replace")[-3000:]
             raise AssertionError(f"{exc}\n--- stderr ---\n{log}") from None
@@ -118,7 +83,7 @@ def test_up_is_idempotent_on_an_existing_state_dir() -> None:
                 str(state / "var"),
                 "up",
                 "--port",
-                str(_free_port()),
+                str(free_port()),
                 "--metrics-port",
                 "0",
             ],
@@ -126,7 +91,7 @@ def test_up_is_idempotent_on_an_existing_state_dir() -> None:
             stderr=subprocess.DEVNULL,
         )
         try:
-            _wait_line(proc, "ready", timeout=90)
+            read_until_line(proc, "ready", timeout=90)
         finally:
             proc.send_signal(signal.SIGINT)
             assert proc.wait(timeout=60) == 0
