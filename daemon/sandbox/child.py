@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii as _json_string
 from typing import Any, Protocol
 
 from plugvisor.core.errors import BudgetExceeded, PlugvisorError
@@ -275,7 +276,13 @@ class _Runtime:
         self.instance: Any = None
 
     def report(self, kind: str, detail: str) -> None:
-        self.chan.send_json(FrameType.VIOLATION, {"kind": kind, "detail": str(detail)[:2000]})
+        # Encoded with the C string encoder bound at import, not json.dumps: the policy
+        # reports with its audit hook quiet, and json's classes are the plugin's to
+        # monkeypatch (a patched JSONEncoder.encode would run plugin code unwatched).
+        kind_json = _json_string(str.__str__(kind))
+        detail_json = _json_string(str.__str__(detail)[:2000])
+        payload = f'{{"kind":{kind_json},"detail":{detail_json}}}'
+        self.chan.send(FrameType.VIOLATION, payload.encode())
 
     def _run(self, fn: Callable[[], Any], request_id: str) -> bytes:
         """Run plugin code for one request; always returns a whole envelope."""

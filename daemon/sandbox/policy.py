@@ -44,6 +44,7 @@ import importlib
 import importlib.machinery
 import importlib.util
 import os
+import pathlib
 import re
 import sys
 import threading
@@ -123,6 +124,8 @@ _TRANSPARENT = (_STDLIB, "<")
 _IMPORTLIB = "<frozen importlib"
 _MAX_REPORTS_PER_REQUEST = 50
 _sys_getframe = sys._getframe
+#: The stdlib's own path objects: os.fspath() on them runs no plugin code.
+_PATH_TYPES = frozenset({pathlib.PurePath, pathlib.PurePosixPath, pathlib.Path, pathlib.PosixPath})
 #: Py_TPFLAGS_HEAPTYPE: a class made by a class statement (not a static builtin type).
 _HEAPTYPE = 1 << 9
 
@@ -333,7 +336,7 @@ class _Policy:
         with _Quiet():
             detail = (
                 f"files: opened {self.files_opened} files, max_files is "
-                f"{self.profile.max_files} (last: {path!r}), {self.where(frame)}"
+                f"{self.profile.max_files} (last: {_safe_repr(path)}), {self.where(frame)}"
             )
         exc = BudgetExceeded("files", detail, limit=self.profile.max_files)
         self.send("budget.files", detail, exc)
@@ -385,11 +388,18 @@ class _Policy:
         by ``typing`` must be a type expression: no dunder names or attributes and no
         calls of the dangerous builtins.
         """
-        source = args[0] if args else None
-        if isinstance(source, bytes):
-            source = source.decode("utf-8", "replace")
+        # Plain str/bytes copies first: a subclass's methods (strip, decode) would run
+        # plugin code while the hook ignores events.
+        source: Any = args[0] if args else None
+        kind = type(source)
+        if issubclass(kind, bytes):
+            source = bytes.__getitem__(source, slice(None)).decode("utf-8", "replace")
+        elif issubclass(kind, str):
+            source = str.__str__(source)
+        else:
+            return
         filename = caller.f_code.co_filename
-        if not isinstance(source, str) or filename.startswith(_IMPORTLIB):
+        if filename.startswith(_IMPORTLIB):
             return
         match = _BLOCKED_WORD.search(source)
         what = match.group(0) if match is not None else None
@@ -410,20 +420,16 @@ class _Policy:
             return False
         if self.data_dir is None:
             return True  # no data_dir given: the OS layer decides
-        if isinstance(path, os.PathLike):
-            try:
-                path = os.fspath(path)
-            except (TypeError, ValueError):
-                return False
-        if isinstance(path, bytes):
-            path = os.fsdecode(path)
-        if not isinstance(path, str):
-            return False  # writing to an inherited descriptor (the channel, stdout)
+        path = _plain_path(path)
+        if path is None:
+            return False  # an inherited descriptor (the channel, stdout) or an odd object
         full = os.path.abspath(path)
         return (full + os.sep).startswith(self.data_dir)
 
     def on_open(self, args: tuple[Any, ...]) -> None:
         path, mode, flags = args
+        if issubclass(type(mode), str):
+            mode = str.__str__(mode)  # a subclass's __contains__ must not run here
         if self.request_id is not None and not isinstance(path, int):
             frame = _getframe(3)
             caller = frame.f_code.co_filename if frame is not None else ""
@@ -441,7 +447,8 @@ class _Policy:
             return
         frame = self.plugin_frame(_getframe(3))
         if frame is not None:
-            self.forbid("file_write", f"open({path!r}, {mode or flags!r})", frame)
+            what = f"open({_safe_repr(path)}, {_safe_repr(mode or flags)})"
+            self.forbid("file_write", what, frame)
 
     def on_import(self, args: tuple[Any, ...]) -> None:
         # The restricted __import__ checks every import statement; this catches imports
@@ -451,7 +458,7 @@ class _Policy:
             frame = frame.f_back
         if frame is None or not frame.f_code.co_filename.startswith(self.root):
             return
-        name = str(args[0])
+        name = _safe_str(args[0])
         op = _op_class_of_module(name)
         # C code imports on the plugin's behalf with no frame of its own (datetime.strptime
         # imports _strptime), so only modules of a refused class are refused here.
@@ -663,7 +670,8 @@ class _Policy:
             and (module == package or module.startswith(package + "."))
         ):
             return
-        self.forbid("interpreter", f"{how} on module {module!r}", self.locate(_getframe(1)))
+        what = f"{how} on module {_safe_repr(module)}"
+        self.forbid("interpreter", what, self.locate(_getframe(1)))
 
     def dict_exposable(self, obj: Any) -> bool:
         """Whether ``obj.__dict__`` may be copied for the plugin (the rule of ``vars()``)."""
@@ -820,14 +828,55 @@ class _ReadOnlyModule(types.ModuleType):
 
 
 def _describe_args(args: tuple[Any, ...]) -> str:
+    # Runs with the hook busy: it must not run plugin code (type() checks, no isinstance
+    # on plugin objects whose __class__ may be a property, no repr of their subclasses).
     if not args:
         return ""
     first = args[0] if args[0] is not None or len(args) < 2 else args[1]
-    if isinstance(first, str | bytes | int | os.PathLike):
-        return f"({first!r})"
-    if isinstance(first, list | tuple) and first and isinstance(first[0], str | bytes):
-        return f"({first[0]!r}, ...)"
-    return ""
+    if type(first) in (list, tuple) and first:
+        return f"({_safe_repr(first[0])}, ...)"
+    shown = _safe_repr(first)
+    return "" if shown == "<object>" else f"({shown})"
+
+
+def _safe_str(value: Any) -> str:
+    """``value`` as a plain str, never calling a subclass's methods."""
+    if issubclass(type(value), str):
+        return str.__str__(value)
+    return _safe_repr(value)
+
+
+def _safe_repr(value: Any) -> str:
+    """``repr(value)`` for the plain types, a placeholder for anything else.
+
+    Called while the hook ignores events: a plugin's ``__repr__`` (of a str subclass, a
+    path-like) must not run then.
+    """
+    kind = type(value)
+    if kind is str or kind is bytes or kind is int or kind is bool or value is None:
+        return repr(value)
+    if issubclass(kind, str):
+        return repr(str.__str__(value))
+    if issubclass(kind, bytes):
+        return repr(bytes.__getitem__(value, slice(None)))
+    if issubclass(kind, int):
+        return int.__repr__(value)
+    if kind in _PATH_TYPES:
+        return repr(os.fspath(value))
+    return "<object>"
+
+
+def _plain_path(path: Any) -> str | None:
+    """A str path for ``path`` without running plugin code; None for descriptors and others."""
+    kind = type(path)
+    if kind in _PATH_TYPES:
+        path = os.fspath(path)
+        kind = type(path)
+    if issubclass(kind, str):
+        return str.__str__(path)
+    if issubclass(kind, bytes):
+        return os.fsdecode(bytes.__getitem__(path, slice(None)))
+    return None
 
 
 # ---- the plugin's builtins ------------------------------------------------------------

@@ -575,6 +575,51 @@ def test_policy_cannot_be_silenced_from_its_module(tmp_path: Path) -> None:
     assert system["reports"] == [["policy.forbidden", system["detail"]]]
 
 
+def test_plugin_code_never_runs_while_the_hook_is_quiet(tmp_path: Path) -> None:
+    """The policy's checks call no plugin method: it would run with the hook ignoring it.
+
+    A str subclass as the open mode (``"w" in mode``) or as a string typing compiles
+    (``source.strip()``) would get its method called while the hook is busy, and a write
+    there would go through unseen (no OS layers here, so it would land on disk).
+    """
+    canary = tmp_path / "canary"
+    outer = tmp_path / "outer"
+    methods = f"""
+    def _write(self):
+        try:
+            with open({str(canary)!r}, "w") as f:
+                f.write("unwatched")
+        except Exception:
+            pass
+
+    def case_str_mode(self):
+        plugin = self
+
+        class Mode(str):
+            def __contains__(self, item):
+                plugin._write()
+                return str.__contains__(self, item)
+
+        open({str(outer)!r}, Mode("w"))
+
+    def case_compile_source(self):
+        import typing
+        plugin = self
+
+        class Source(str):
+            def strip(self, *args):
+                plugin._write()
+                return str.strip(self, *args)
+
+        return str(typing.ForwardRef(Source("int")))
+    """
+    res = run_plugin(tmp_path, methods, ["str_mode", "compile_source"])
+    assert res["str_mode"].get("error") == "policy.forbidden", res["str_mode"]
+    assert res["compile_source"]["result"] == "ForwardRef('int')", res["compile_source"]
+    assert not canary.exists(), "plugin code ran while the audit hook was quiet"
+    assert not outer.exists()
+
+
 def test_plugin_cannot_shadow_a_stdlib_module(tmp_path: Path) -> None:
     pkg = tmp_path / "json"
     pkg.mkdir()
