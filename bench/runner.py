@@ -146,11 +146,6 @@ def _ms(seconds: float) -> float:
     return seconds * 1000
 
 
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 @contextlib.contextmanager
 def _quiet() -> Any:
     """Keep the benchmarks' own prints and log lines out of the table's output."""
