@@ -11,6 +11,7 @@ caps frames too).
 
 from __future__ import annotations
 
+import _socket
 import json
 import os
 import resource
@@ -21,7 +22,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii as _json_string
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from plugvisor.core.errors import BudgetExceeded, PlugvisorError
 from plugvisor.daemon.sandbox.lockdown import arm_cpu_limit
@@ -350,7 +351,27 @@ def serve(
     hello: dict[str, Any],
     install_policy: InstallPolicy,
 ) -> int:
-    """Say HELLO, install the policy, import the plugin, run setup(), serve; the exit code."""
+    """Say HELLO, install the policy, import the plugin, run setup(), serve; the exit code.
+
+    The runtime talks through a C ``_socket.socket`` on the same descriptor:
+    ``socket.socket`` is a Python class whose methods a plugin allowed ``socket`` could
+    replace, and its replacement would be handed the channel as ``self``.
+    """
+    # Family, type and protocol given: no getsockopt() after the lock-down.
+    raw = _socket.socket(sock.family, sock.type, sock.proto, sock.fileno())
+    try:
+        # The C type has every method the frames use (sendall, recv_into, settimeout).
+        return _serve(cast(socket.socket, raw), cfg, hello, install_policy)
+    finally:
+        raw.detach()  # the descriptor stays the caller's (it reports failures on it)
+
+
+def _serve(
+    sock: socket.socket,
+    cfg: ChildConfig,
+    hello: dict[str, Any],
+    install_policy: InstallPolicy,
+) -> int:
     cap = request_cap(cfg.max_response_bytes) + FRAME_SLACK
     chan = _Channel(sock, cap)
     hello = {"protocol": PROTOCOL_VERSION, "pid": os.getpid(), "rss": _rss(), **hello}

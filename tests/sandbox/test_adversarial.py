@@ -42,6 +42,7 @@ import pytest
 import structlog
 
 from plugvisor.core.errors import PlugvisorError
+from plugvisor.core.profile import load_profile
 
 #: An operation the policy refuses (audit hook, import policy) or the OS layer makes fail
 #: with EPERM/EACCES so that the plugin's own code raises.
@@ -327,6 +328,14 @@ def test_ctx_does_not_lead_to_the_channel(kit: Any, route: str) -> None:
     runtime's, so the only defence is that the plugin never holds the socket.
     """
     _attack(kit, "atk_ctx_channel", {"route": route}, REFUSED)
+    kit.assert_benign_still_works()
+
+
+def test_patched_socket_class_does_not_get_the_channel(kit: Any) -> None:
+    """Under ``trusted`` (``socket`` allowed) a plugin can replace ``socket.socket``'s
+    methods; the runtime's channel is the C socket type, so they never see it."""
+    trusted = load_profile("trusted", kit.settings)
+    _attack(kit, "atk_ctx_channel", {"route": "socket_patch"}, REFUSED, profile=trusted)
     kit.assert_benign_still_works()
 
 
