@@ -27,7 +27,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -147,7 +147,7 @@ def _ms(seconds: float) -> float:
 
 
 @contextlib.contextmanager
-def _quiet() -> Any:
+def _quiet() -> Iterator[None]:
     """Keep the benchmarks' own prints and log lines out of the table's output."""
     from plugvisor.core.log import configure_logging  # noqa: PLC0415
 
