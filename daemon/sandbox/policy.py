@@ -17,7 +17,15 @@ precise reporting and to close the common paths before they reach the kernel:
   in :data:`BLOCKED_ATTRIBUTES` (naming file:line) and routes ``__dict__``, ``__self__``
   and ``__getattribute__`` through a run-time check; the restricted ``getattr``,
   ``setattr``, ``delattr``, ``hasattr``, ``vars`` and ``dir`` apply the same rules to
-  names built at run time.
+  names built at run time;
+* **stdlib guards** (:func:`_guard_stdlib`) for the stdlib's own by-name routes:
+  ``operator.attrgetter``/``methodcaller`` and ``string.Formatter`` are policy-owned
+  (their types build nothing unchecked), ``functools.update_wrapper``, ``typing``'s
+  string evaluation, ``dataclasses``' generated code, ``enum``'s module exports and the
+  built-in/frozen importers refuse (or re-scope) what the plugin drives.
+
+The hook's "busy" state lives in a closure, ``_Quiet`` serves policy code only, and no
+plugin code runs while the hook is busy (str subclasses are read through ``str``).
 
 Decisions: ``__class__``, ``__mro__``, ``__bases__``, ``__base__`` and ``mro()`` stay
 available (``type(x).__name__`` and friends are ordinary introspection, and without
