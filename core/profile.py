@@ -348,7 +348,7 @@ def parse_profile(data: bytes, name: str) -> SecurityProfile:
     if not PROFILE_NAME.match(name):
         raise _fail("invalid_name", f"name must match {PROFILE_NAME.pattern}", name, None)
     try:
-        raw = yaml.safe_load(data)
+        raw = yaml.load(data, Loader=_SAFE_LOADER)  # noqa: S506 -- a safe loader
     except yaml.YAMLError as exc:
         raise _fail("invalid_yaml", str(exc), name, None) from exc
     if not isinstance(raw, dict):
@@ -417,6 +417,26 @@ def parse_profile(data: bytes, name: str) -> SecurityProfile:
     )
 
 
+#: libyaml's safe loader when PyYAML was built with it (same rules as ``yaml.SafeLoader``,
+#: ~10x faster: a profile is parsed on every swap's spawn path).
+_SAFE_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+#: Parsed profiles keyed by name and file content: an edited file is parsed again, an
+#: unchanged one is not (profiles are frozen, so sharing them is safe).
+_PARSED: dict[tuple[str, bytes], SecurityProfile] = {}
+_PARSED_MAX = 64
+
+
+def _parse_cached(data: bytes, name: str) -> SecurityProfile:
+    key = (name, data)
+    profile = _PARSED.get(key)
+    if profile is None:
+        profile = parse_profile(data, name)
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.clear()
+        _PARSED[key] = profile
+    return profile
+
+
 def load_profile(name: str, settings: Settings) -> SecurityProfile:
     """Load ``<name>.yaml`` from ``settings.profiles_dir`` (if set), then the bundled profiles."""
     if not PROFILE_NAME.match(name):
@@ -431,7 +451,7 @@ def load_profile(name: str, settings: Settings) -> SecurityProfile:
             continue
         except OSError as exc:
             raise _fail("unreadable", f"{path}: {exc}", name, None) from exc
-        return parse_profile(data, name)
+        return _parse_cached(data, name)
     raise _fail(
         "not_found",
         f"no {name}.yaml in {', '.join(str(d) for d in dirs)}",
