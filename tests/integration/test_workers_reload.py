@@ -595,9 +595,9 @@ def test_whole_worker_killed_mid_trial_then_a_new_worker_finishes(rig: Rig) -> N
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("rig", ["rabbitmq"], indirect=True)  # a broker restart is AMQP's
 def test_rabbitmq_restart_mid_job_loses_no_job(rig: Rig) -> None:
-    if rig.broker != "rabbitmq":
-        pytest.skip("RabbitMQ restart: the RabbitMQ variant only")
+    assert rig.broker == "rabbitmq"
     first, second = rig.unique("rmqa"), rig.unique("rmqb")
     for name in (first, second):
         _live(rig, name)
