@@ -121,6 +121,7 @@ class VerifiedPackage:
     digest: str  # sha256 hex of the MANIFEST.json bytes: the version store's key
     keyid: str
     path: Path
+    signature: bytes  # the MANIFEST.sig bytes, kept in the store so rollback can re-verify
 
 
 @dataclass(frozen=True)
@@ -803,6 +804,7 @@ def extract_archive(
         scan = _Scan(limits, trusted_keys, strict=True, dest=tmp)
         scan.run(archive)
         assert scan.meta and scan.manifest and scan.keyid and scan.manifest_bytes
+        assert scan.sig_bytes is not None  # the signature verified, so it was read
         _seal(tmp)
         try:
             os.replace(tmp, dest)  # a rename: dest appears whole or not at all
@@ -829,7 +831,7 @@ def extract_archive(
         files=len(scan.files),
         unpacked=scan.unpacked,
     )
-    return VerifiedPackage(scan.meta, scan.manifest, digest, scan.keyid, dest)
+    return VerifiedPackage(scan.meta, scan.manifest, digest, scan.keyid, dest, scan.sig_bytes)
 
 
 def _collect_scan(archive: Path, trusted_keys: Sequence[PublicKey], limits: ArchiveLimits) -> _Scan:

@@ -183,7 +183,7 @@ def _store(
         except QUARANTINED_ERRORS as err:
             _quarantine(layout, archive, err)
             raise
-        path = store.add(package.path, package.digest, package.manifest)
+        path = store.add(package.path, package.digest, package.manifest, package.signature)
     finally:
         if os.path.lexists(staged):
             remove_tree(staged)

@@ -1,13 +1,15 @@
 """The content-addressed version store: ``versions/<digest>/``, read-only extracted trees.
 
-A version's directory is named after the SHA-256 of its MANIFEST.json, so the same
-code is stored once and a name can never point at different bytes. The tree keeps its
+A version's directory is named after the SHA-256 of its MANIFEST.json, so the same code is
+stored once and a name can never point at different bytes. The tree keeps its
 MANIFEST.json, which makes it self-describing: the registry holds the digest, the digest
-pins MANIFEST.json, and MANIFEST.json pins every file. Trees arrive from
-``staging/`` (same filesystem) by one ``rename``: a reader sees either no directory or a
-complete one. Files are 0o444 and directories 0o555; :meth:`VersionStore.verify` re-hashes
-a tree against its manifest right before the daemon spawns it, so a file changed on disk
-after installation is caught rather than run.
+pins MANIFEST.json, and MANIFEST.json pins every file. It keeps MANIFEST.sig too, so a
+rollback re-verifies the signature against the keys trusted at that time
+(:meth:`VersionStore.signature`). Trees arrive from ``staging/`` (same filesystem) by one
+``rename``: a reader sees either no directory or a complete one. Files are 0o444 and
+directories 0o555; :meth:`VersionStore.verify` re-hashes a tree against its manifest right
+before the daemon spawns it, so a file changed on disk after installation is caught rather
+than run.
 """
 
 from __future__ import annotations
@@ -57,11 +59,18 @@ class VersionStore:
             return []
         return sorted(p.name for p in self.layout.versions_dir.iterdir() if p.is_dir())
 
-    def add(self, staged_dir: Path, digest: str, manifest: Manifest | None = None) -> Path:
+    def add(
+        self,
+        staged_dir: Path,
+        digest: str,
+        manifest: Manifest | None = None,
+        signature: bytes | None = None,
+    ) -> Path:
         """Move ``staged_dir`` to ``versions/<digest>/`` read-only, atomically; return the path.
 
         ``manifest`` (whose canonical bytes must hash to ``digest``) is written into the
-        tree as MANIFEST.json unless the staged tree already has it. Idempotent: when
+        tree as MANIFEST.json unless the staged tree already has it; ``signature`` (the
+        verified MANIFEST.sig bytes) likewise as MANIFEST.sig. Idempotent: when
         ``digest`` is already stored the existing tree is kept (it has the same manifest
         hash) and ``staged_dir`` is removed.
         """
@@ -80,6 +89,8 @@ class VersionStore:
             os.chmod(staged, 0o700)
             if manifest is not None and not os.path.lexists(staged / MANIFEST_NAME):
                 _write_manifest(staged / MANIFEST_NAME, manifest, digest)
+            if signature is not None and not os.path.lexists(staged / SIGNATURE_NAME):
+                atomic_write(staged / SIGNATURE_NAME, signature, _FILE_MODE)
             _make_read_only(staged)
             os.rename(staged, dest)
         except OSError as exc:
@@ -95,6 +106,15 @@ class VersionStore:
 
     def manifest(self, digest: str) -> Manifest:
         """The stored MANIFEST.json of ``digest``, checked to hash to ``digest``."""
+        data = self.manifest_bytes(digest)
+        try:
+            return parse_manifest(data)
+        except PlugvisorError as err:
+            path = self.path(digest) / MANIFEST_NAME
+            raise StateError("tampered", f"{path} does not parse: {err}", digest=digest) from err
+
+    def manifest_bytes(self, digest: str) -> bytes:
+        """The stored MANIFEST.json bytes of ``digest`` (what MANIFEST.sig signs), hash-checked."""
         path = self.path(digest) / MANIFEST_NAME
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
@@ -110,10 +130,27 @@ class VersionStore:
             raise StateError(
                 "tampered", f"{path} hashes to {actual}, not to its digest", digest=digest
             )
+        return data
+
+    def signature(self, digest: str) -> bytes | None:
+        """The stored MANIFEST.sig bytes of ``digest``, or None when the tree has none.
+
+        Trees stored before the signature was kept have none. The caller verifies the
+        bytes with ``core.signing.verify_signature`` against the keys trusted now.
+        """
+        path = self.path(digest) / SIGNATURE_NAME
         try:
-            return parse_manifest(data)
-        except PlugvisorError as err:
-            raise StateError("tampered", f"{path} does not parse: {err}", digest=digest) from err
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StateError(
+                "signature_unreadable", f"version {digest} has an unreadable {SIGNATURE_NAME}: "
+                f"{exc}", digest=digest,
+            ) from exc  # fmt: skip
+        with os.fdopen(fd, "rb") as fh:
+            # Capped: verify_signature refuses anything this large as malformed anyway.
+            return fh.read(_MAX_MANIFEST_BYTES + 1)
 
     def verify(self, digest: str, manifest: Manifest | None = None) -> list[str]:
         """Every way the stored tree differs from its manifest; ``[]`` when intact.

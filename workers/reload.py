@@ -14,10 +14,11 @@ rollback ``{name, version?}``: ``rollback_check`` -> ``snapshot`` -> ``restore``
 picks the previous version (or the one named), which must have a complete backup in
 ``backups/NAME/VERSION/`` whose files match its manifest and whose digest is the
 version's; the stored tree is re-hashed (``VersionStore.verify``) and its MANIFEST.json
-checked to hash to the digest; the signing key recorded for it must still be trusted.
-(The store keeps MANIFEST.json, not MANIFEST.sig: the signature was verified at upload,
-and the digest chain MANIFEST.json -> files still binds the code to it.) No re-scan:
-the version was approved before. The snapshot of the current version makes the
+checked to hash to the digest; its stored MANIFEST.sig is re-verified over those bytes
+against the keys trusted now (``signature.untrusted`` once its key is no longer trusted,
+``signature.invalid`` for a tampered MANIFEST.sig, ``signature.missing`` for a tree
+stored without one) and must name the key recorded at install. No re-scan: the version
+was approved before. The snapshot of the current version makes the
 rollback itself reversible (a later reload/rollback to it restores that data).
 
 Data restore design (the live plugin keeps writing its DB until the swap): the worker
@@ -50,7 +51,9 @@ from plugvisor.core.errors import (
     StateError,
 )
 from plugvisor.core.fs import fsync_dir
+from plugvisor.core.manifest import SIGNATURE_NAME
 from plugvisor.core.semver import parse_version
+from plugvisor.core.signing import verify_signature
 from plugvisor.daemon.control import outcome_result, send_command
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.registry import ACTIVATABLE, Registry, VersionStatus
@@ -263,7 +266,7 @@ def _backup_ref(snapshot: Any) -> dict[str, Any] | None:
 def check_rollback_target(
     settings: Settings, registry: Registry, name: str, version: str | None
 ) -> dict[str, Any]:
-    """Resolve and re-verify a rollback target: status, backup, code hashes, signing key."""
+    """Resolve and re-verify a rollback target: status, backup, code hashes, signature."""
     layout = StateLayout(settings.state_dir)
     plugin = registry.get_plugin(name)
     target = version or plugin.previous_version
@@ -311,12 +314,9 @@ def check_rollback_target(
             "integrity", f"{name} {target} differs from its manifest: " + "; ".join(problems[:5]),
             plugin=name, version=target, problems=problems[:20],
         )  # fmt: skip
-    trusted = {keyid for keyid, _path in TrustStore(layout.root).list()}
-    if record.keyid not in trusted:
-        raise SignatureError(
-            "untrusted", f"{name} {target} was signed by key {record.keyid[:16]}, which is no "
-            "longer trusted", plugin=name, version=target, keyid=record.keyid,
-        )  # fmt: skip
+    _check_stored_signature(
+        store, name=name, target=target, digest=record.digest, keyid=record.keyid, layout=layout
+    )
     _dependency_check(registry, name, target)
     return {
         "name": name,
@@ -328,8 +328,37 @@ def check_rollback_target(
     }
 
 
+def _check_stored_signature(
+    store: VersionStore, *, name: str, target: str, digest: str, keyid: str, layout: StateLayout
+) -> None:
+    """Re-verify the stored MANIFEST.sig over the stored MANIFEST.json with today's trust."""
+    sig = store.signature(digest)
+    if sig is None:
+        raise SignatureError(
+            "missing", f"{name} {target} was stored without its {SIGNATURE_NAME}, so its "
+            "signature cannot be re-verified and it cannot be rolled back to",
+            plugin=name, version=target, digest=digest,
+        )  # fmt: skip
+    try:
+        signer = verify_signature(
+            store.manifest_bytes(digest), sig, TrustStore(layout.root).load_all()
+        )
+    except SignatureError as err:
+        raise SignatureError(
+            err.rule, f"{name} {target}: {err.message}", **{**err.details, "plugin": name,
+            "version": target},
+        ) from err  # fmt: skip
+    if signer != keyid:
+        # A valid signature, but not the one the registry recorded at install.
+        raise SignatureError(
+            "invalid", f"{name} {target}: its {SIGNATURE_NAME} is by key {signer[:16]}, but "
+            f"the version was installed signed by {keyid[:16]}", plugin=name, version=target,
+            keyid=signer,
+        )  # fmt: skip
+
+
 def _rollback_check(job: JobRun, settings: Settings) -> None:
-    """Resolve the target and re-verify its backup, code and signing key."""
+    """Resolve the target and re-verify its backup, code and signature."""
     registry = open_registry(settings)
     job.run_step(
         "check",

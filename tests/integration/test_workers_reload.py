@@ -12,7 +12,9 @@ synchronisation: every wait polls a condition with a deadline.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -508,6 +510,39 @@ def test_rollback_without_backup_or_trust_is_refused(rig: Rig) -> None:
     assert job.status is JobStatus.failed
     assert job.error["code"] == "not_found.backup", job.error
     assert rig.call(name, {})["version"] == "2.0.0"
+
+
+def test_rollback_re_verifies_the_stored_signature(rig: Rig) -> None:
+    """An un-trusted signing key or a tampered stored MANIFEST.sig refuses the rollback."""
+    name = rig.unique("resig")
+    _live(rig, name)
+    rig.install(name, "2.0.0")
+    _ok(rig, rig.job("reload", name=name, version="2.0.0"))  # 1.0.0 has a backup now
+    with rig.registry() as reg:
+        record = reg.get_version(name, "1.0.0")
+    sig_path = rig.layout.version_dir(record.digest) / "MANIFEST.sig"
+    assert sig_path.is_file() and not os.stat(sig_path).st_mode & 0o222  # kept, read-only
+    trust = TrustStore(rig.root)
+    trust.remove(record.keyid)
+    try:
+        job = rig.job("rollback", name=name)
+    finally:
+        assert trust.trust(Path(f"{rig.key}.pub")) == record.keyid  # the rig's other tests
+    assert job.status is JobStatus.failed, job.to_dict()
+    assert job.error["code"] == "signature.untrusted", job.error
+    assert rig.call(name, {})["version"] == "2.0.0"  # the old version keeps serving
+    # Tampered: well-formed, trusted keyid, but the signature bytes no longer verify.
+    doc = json.loads(sig_path.read_bytes())
+    raw = bytearray(base64.b64decode(doc["sig"]))
+    raw[0] ^= 0x01
+    doc["sig"] = base64.b64encode(bytes(raw)).decode()
+    sig_path.write_text(json.dumps(doc))  # root writes the 0o444 file
+    job = rig.job("rollback", name=name, version="1.0.0")
+    assert job.status is JobStatus.failed, job.to_dict()
+    assert job.error["code"] == "signature.invalid", job.error
+    assert rig.call(name, {})["version"] == "2.0.0"
+    with rig.registry() as reg:
+        assert reg.get_plugin(name).active_version == "2.0.0"
 
 
 def test_daemon_refuses_a_restore_from_outside_the_staging_name(rig: Rig) -> None:

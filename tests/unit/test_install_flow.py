@@ -24,7 +24,7 @@ import pytest
 from plugvisor.core.archive import pack
 from plugvisor.core.config import Settings, load_settings
 from plugvisor.core.errors import PlugvisorError
-from plugvisor.core.signing import generate_keypair
+from plugvisor.core.signing import generate_keypair, verify_signature
 from plugvisor.state.install import install_archive, recover_state, store_archive
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.quarantine import Quarantine
@@ -294,6 +294,12 @@ def test_store_archive_stores_without_recording(settings: Settings, build) -> No
     layout = StateLayout(settings.state_dir)
     assert package.path == layout.versions_dir / package.digest
     assert VersionStore(layout).verify(package.digest, package.manifest) == []
+    # MANIFEST.sig is kept beside MANIFEST.json and still verifies (rollback re-checks it).
+    store = VersionStore(layout)
+    sig = store.signature(package.digest)
+    assert sig == package.signature
+    keys = TrustStore(layout.root).load_all()
+    assert verify_signature(store.manifest_bytes(package.digest), sig, keys) == package.keyid
     with Registry(layout) as reg:
         assert reg.find_plugin("greeter") is None
         reg.add_version(package.meta, package.digest, package.keyid)

@@ -105,6 +105,27 @@ def test_add_writes_the_manifest_and_verify_can_use_the_stored_one(layout: State
     assert any(p.startswith("p/__init__.py:") for p in store.verify(digest))
 
 
+def test_add_keeps_the_signature_read_only_and_verify_does_not_flag_it(
+    layout: StateLayout,
+) -> None:
+    store = VersionStore(layout)
+    staged, manifest, digest = stage(layout)
+    sig = b'{"alg":"ed25519","keyid":"k","sig":"s"}'
+    path = store.add(staged, digest, manifest, sig)
+    assert stat.S_IMODE((path / "MANIFEST.sig").stat().st_mode) == 0o444
+    assert store.signature(digest) == sig
+    assert store.manifest_bytes(digest) == (path / "MANIFEST.json").read_bytes()
+    assert store.verify(digest) == []  # a control file, not an unlisted one
+
+
+def test_signature_is_none_for_a_tree_stored_without_one(layout: StateLayout) -> None:
+    store = VersionStore(layout)
+    staged, _, digest = stage(layout)
+    store.add(staged, digest)
+    assert store.signature(digest) is None
+    assert store.verify(digest) == []
+
+
 def test_add_refuses_a_manifest_that_does_not_hash_to_the_digest(layout: StateLayout) -> None:
     store = VersionStore(layout)
     staged, manifest, _ = stage(layout)
