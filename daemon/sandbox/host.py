@@ -7,8 +7,9 @@ passes, the child is SIGKILLed through its pidfd, the caller gets ``budget.time`
 host is dead -- its owner starts a new one. ``ctx.db`` queries run here, in the parent,
 against ``spec.db_path``, counted per request; ``ctx.log`` records are re-emitted here,
 tagged with the plugin, version and request id. Every budget breach and policy violation
-goes to the security log (``.record(plugin, version, request_id, kind, detail, action)``)
-and to the optional ``on_violation(plugin, version, kind, detail)`` callback.
+(including SQL the ``ctx.db`` authorizer refuses: ``policy.forbidden``) goes to the
+security log (``.record(plugin, version, request_id, kind, detail, action)``) and to the
+optional ``on_violation(plugin, version, kind, detail)`` callback.
 """
 
 from __future__ import annotations
@@ -168,6 +169,9 @@ class _HostDatabase:
         self.max_bytes = max_bytes
         self.conn: sqlite3.Connection | None = None
         self.deadline = 0.0
+        # What the authorizer refused in the statement being run (the first), or None:
+        # the caller reports it as a policy violation, not as an ordinary SQL error.
+        self.refused: str | None = None
 
     def _open(self) -> sqlite3.Connection:
         if self.path is None:
@@ -180,7 +184,7 @@ class _HostDatabase:
         conn.execute(f"PRAGMA max_page_count={_DB_MAX_BYTES // page}")
         # Plugin SQL runs with the daemon's rights: no ATTACH (other files), no
         # pragmas beyond introspection, no extension loading, bounded values.
-        conn.set_authorizer(_authorize)
+        conn.set_authorizer(self._authorize)
         conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, max(self.max_bytes, 1024))
         conn.setlimit(sqlite3.SQLITE_LIMIT_SQL_LENGTH, 1 << 20)
         conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
@@ -191,9 +195,18 @@ class _HostDatabase:
     def _progress(self) -> int:
         return 1 if time.monotonic() > self.deadline else 0
 
+    def _authorize(self, action: int, arg1: str | None, arg2: str | None, *_: Any) -> int:
+        refused = _refusal(action, arg1, arg2)
+        if refused is None:
+            return sqlite3.SQLITE_OK
+        if self.refused is None:
+            self.refused = refused
+        return sqlite3.SQLITE_DENY
+
     def execute(self, sql: str, params: list[Any] | dict[str, Any], deadline: float) -> bytes:
         """Run one statement; the reply frame payload (rows or error)."""
         self.deadline = deadline
+        self.refused = None
         conn = self.conn or self._open()
         cur = conn.execute(sql, params)
         rows: list[list[Any]] = []
@@ -236,14 +249,19 @@ def _pidfd_exited(pidfd: int, timeout: float) -> bool:
         return True
 
 
-def _authorize(action: int, arg1: str | None, arg2: str | None, *_: Any) -> int:
-    if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
-        return sqlite3.SQLITE_DENY
+def _refusal(action: int, arg1: str | None, arg2: str | None) -> str | None:
+    """The SQL action the ``ctx.db`` authorizer refuses, named; None when it is allowed."""
+    if action == sqlite3.SQLITE_ATTACH:  # VACUUM INTO attaches its target file too
+        # A bound ``?`` file name is not known yet when the statement is prepared.
+        target = f" {arg1[:200]!r}" if arg1 else ""
+        return f"ATTACH of a database file{target} (by ATTACH or VACUUM INTO)"
+    if action == sqlite3.SQLITE_DETACH:
+        return f"DETACH of {(arg1 or '')[:200]!r}"
     if action == sqlite3.SQLITE_PRAGMA and (arg1 or "").lower() not in _PRAGMAS_ALLOWED:
-        return sqlite3.SQLITE_DENY
+        return f"PRAGMA {(arg1 or '')[:100]} (not an allowed pragma)"
     if action == sqlite3.SQLITE_FUNCTION and (arg2 or "").lower() == "load_extension":
-        return sqlite3.SQLITE_DENY
-    return sqlite3.SQLITE_OK
+        return "load_extension()"
+    return None
 
 
 class PluginHost:
@@ -585,6 +603,7 @@ class PluginHost:
             detail = f"query {self._db_count} exceeds max_db_queries ({budget})"
             self._violation("budget.db_queries", detail, "refused")
             return json.dumps({"error": {"code": "budget.db_queries", "message": detail}}).encode()
+        sql: Any = ""
         try:
             q = json.loads(frame.payload)
             sql, params = q["sql"], q["params"]
@@ -592,6 +611,16 @@ class PluginHost:
                 raise TypeError("sql must be a string and params a list or a mapping")
             return self._db.execute(sql, params, deadline)
         except (sqlite3.Error, ValueError, KeyError, TypeError, OverflowError) as exc:
+            refused, self._db.refused = self._db.refused, None
+            if refused is not None:
+                # An attempt on the host's rights (other files, schema, extensions), not a
+                # bug: logged as a violation; the plugin gets an error it may catch.
+                detail = f"ctx.db refused {refused} in {str(sql)[:200]!r}"
+                self._violation("policy.forbidden", detail, "refused")
+                message = f"not authorized: {refused} is not allowed in ctx.db"
+                return json.dumps(
+                    {"error": {"code": "policy.forbidden", "message": message}}
+                ).encode()
             msg = str(exc)
             if "interrupted" in msg and time.monotonic() > deadline:
                 msg = "query interrupted: request deadline passed"

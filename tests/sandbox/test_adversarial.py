@@ -80,6 +80,7 @@ def _attack(
     profile: Any = None,
     host: Any = None,
     timeout: float | None = None,
+    request_id: str | None = None,
 ) -> PlugvisorError:
     """Spawn ``name`` (unless ``host`` is given), call it, check the code; return the error.
 
@@ -94,7 +95,7 @@ def _attack(
                 f"{name}: spawn failed with {exc}"
             )
             return exc
-    rid = _rid()
+    rid = request_id or _rid()
     err: PlugvisorError = kit.call_error(host, request, request_id=rid, timeout=timeout)
     assert err.code in codes, f"{name}: got {err.code} ({err.message}); expected {sorted(codes)}"
     # An attack that dies of its own bug proves nothing: plugin.error must be a refusal.
@@ -628,14 +629,27 @@ def test_unix_socket_connect_refused(layered: Any, kind: str) -> None:
 def test_db_cannot_write_files_elsewhere(layered: Any, name: str) -> None:
     """ctx.db runs in the daemon with its rights: SQL must not create files anywhere else."""
     path = layered.scratch_dir(0o777) / "copy.sqlite"
-    _attack(layered, name, {"path": str(path)}, REFUSED)
+    rid = _rid()
+    _attack(layered, name, {"path": str(path)}, REFUSED, request_id=rid)
     assert not path.exists(), f"{name} made the host write {path}"
+    action = {"atk_db_attach": "ATTACH DATABASE", "atk_db_vacuum_into": "VACUUM INTO"}[name]
+    _assert_db_refusal_logged(layered, name, rid, action)
     layered.assert_benign_still_works()
+
+
+def _assert_db_refusal_logged(kit: Any, name: str, rid: str, names: str) -> None:
+    """The authorizer's refusal is a security-log violation naming the refused SQL action."""
+    line = kit.wait_for_violation(rid)
+    assert line is not None, f"{name}: the ctx.db refusal left no security-log line for {rid}"
+    assert line["plugin"] == name and line["kind"] == "policy.forbidden", line
+    assert names in line["detail"], line
 
 
 def test_db_schema_cannot_be_corrupted(layered: Any) -> None:
     """PRAGMA writable_schema + UPDATE sqlite_master would break the plugin's own database."""
-    _attack(layered, "atk_db_corrupt", {}, REFUSED)
+    rid = _rid()
+    _attack(layered, "atk_db_corrupt", {}, REFUSED, request_id=rid)
+    _assert_db_refusal_logged(layered, "atk_db_corrupt", rid, "PRAGMA writable_schema")
     with sqlite3.connect(layered.layout.plugin_db("atk_db_corrupt"), timeout=5.0) as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         sql = db.execute("SELECT sql FROM sqlite_master WHERE name = 'keep'").fetchone()[0]

@@ -379,9 +379,16 @@ class Plugin:
         host.call({"n": 4}, request_id="db-1")
     assert err.value.code == "budget.db_queries"
     assert ("budget.db_queries", "refused") in env.log.kinds("db-1")
-    refused = host.call({"attach": True, "n": 0})
+    before = sum(1 for v in env.violations if v[2] == "policy.forbidden")
+    refused = host.call({"attach": True, "n": 0}, request_id="db-2")
     assert len(refused) == 4 and all(r.startswith("refused:") for r in refused), refused
     assert not Path("/tmp/evil.db").exists()
+    # Caught by the plugin, each refusal is still a violation: security log and callback.
+    assert env.log.kinds("db-2") == [("policy.forbidden", "refused")] * 4
+    assert sum(1 for v in env.violations if v[2] == "policy.forbidden") == before + 4
+    details = [x["detail"] for x in env.log.lines if x["request_id"] == "db-2"]
+    for action in ("ATTACH", "PRAGMA journal_mode", "load_extension()"):
+        assert any(action in d for d in details), (action, details)
 
 
 @pytest.fixture
