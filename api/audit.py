@@ -1,7 +1,8 @@
 """The security report of one plugin (``GET /api/plugins/audit?name=``), built from state.
 
-Signature: the version was accepted only with a verified signature, so the report says
-which key signed it and whether that key is still trusted now. Integrity: the stored
+Signature: the stored MANIFEST.sig is verified again, over the stored MANIFEST.json, with
+the keys trusted now (``VersionStore.verify_signature``, the check rollback uses); the
+report says which key signed it and, on failure, the rule broken. Integrity: the stored
 tree is re-hashed against its MANIFEST.json (``VersionStore.verify``). Findings come
 from the version's scan report in the registry; violations from the hash-chained
 security log, whose chain is verified on every report.
@@ -22,6 +23,7 @@ from plugvisor.core.profile import load_profile
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.registry import Registry, VersionRecord
 from plugvisor.state.security_log import verify_log
+from plugvisor.state.store import VersionStore
 from plugvisor.state.trust import TrustStore
 
 __all__ = ["MAX_VIOLATIONS", "build_audit_report", "read_security_log", "verify_security_log"]
@@ -58,12 +60,7 @@ def build_audit_report(
     }
     if target is None:
         return report
-    trusted = {kid for kid, _ in TrustStore(layout.root).list()}
-    report["signature"] = {
-        "status": "verified",
-        "keyid": target.keyid,
-        "key_trusted_now": target.keyid in trusted,
-    }
+    report["signature"] = _signature(layout, target)
     report["integrity"] = _integrity(layout, target)
     report["profile"] = _profile(target.profile or settings.default_profile, settings)
     scan = _scan_of(target.report)
@@ -76,6 +73,22 @@ def build_audit_report(
             "at": target.review_at.isoformat() if target.review_at else None,
         }
     return report
+
+
+def _signature(layout: StateLayout, target: VersionRecord) -> dict[str, Any]:
+    """The stored signature re-verified with the keys trusted now."""
+    trust = TrustStore(layout.root)
+    out: dict[str, Any] = {
+        "keyid": target.keyid,
+        "key_trusted_now": target.keyid in {kid for kid, _ in trust.list()},
+    }
+    try:
+        VersionStore(layout).verify_signature(
+            str(target.digest), trust.load_all(), expected_keyid=target.keyid
+        )
+    except PlugvisorError as err:  # SignatureError, or StateError for a damaged tree
+        return {"status": "failed", **out, "error": {"code": err.code, "message": err.message}}
+    return {"status": "verified", **out}
 
 
 def _scan_of(report: dict[str, Any] | None) -> dict[str, Any]:
@@ -104,7 +117,6 @@ def _finding(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def _integrity(layout: StateLayout, version: VersionRecord) -> dict[str, Any]:
-    from plugvisor.state.store import VersionStore  # noqa: PLC0415 -- only for reports
 
     store = VersionStore(layout)
     try:

@@ -19,13 +19,15 @@ import hashlib
 import os
 import stat
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 from plugvisor.core.archive import remove_tree as _remove_tree
-from plugvisor.core.errors import PlugvisorError, StateError
+from plugvisor.core.errors import PlugvisorError, SignatureError, StateError
 from plugvisor.core.fs import atomic_write
 from plugvisor.core.fs import fsync_dir as _fsync_dir
 from plugvisor.core.manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest, parse_manifest
+from plugvisor.core.signing import PublicKey, verify_signature
 from plugvisor.state.layout import StateLayout
 
 __all__ = ["CONTROL_FILES", "VersionStore"]
@@ -131,6 +133,31 @@ class VersionStore:
                 "tampered", f"{path} hashes to {actual}, not to its digest", digest=digest
             )
         return data
+
+    def verify_signature(
+        self, digest: str, trusted: Sequence[PublicKey], expected_keyid: str | None = None
+    ) -> str:
+        """Re-verify the stored MANIFEST.sig over the stored MANIFEST.json with ``trusted``.
+
+        Returns the signer's keyid. Raises ``SignatureError``: ``missing`` (tree stored
+        without its signature), ``untrusted``/``invalid``/``malformed`` from
+        ``core.signing.verify_signature``, or ``invalid`` when a trusted key other than
+        ``expected_keyid`` (the one recorded at install) signed it. ``StateError`` when the
+        stored manifest does not hash to ``digest``.
+        """
+        sig = self.signature(digest)
+        if sig is None:
+            raise SignatureError(
+                "missing", f"version {digest[:12]} was stored without its {SIGNATURE_NAME}, "
+                "so its signature cannot be re-verified", digest=digest,
+            )  # fmt: skip
+        signer = verify_signature(self.manifest_bytes(digest), sig, trusted)
+        if expected_keyid is not None and signer != expected_keyid:
+            raise SignatureError(
+                "invalid", f"its {SIGNATURE_NAME} is by key {signer[:16]}, but the version "
+                f"was installed signed by {expected_keyid[:16]}", digest=digest, keyid=signer,
+            )  # fmt: skip
+        return signer
 
     def signature(self, digest: str) -> bytes | None:
         """The stored MANIFEST.sig bytes of ``digest``, or None when the tree has none.

@@ -51,9 +51,7 @@ from plugvisor.core.errors import (
     StateError,
 )
 from plugvisor.core.fs import fsync_dir
-from plugvisor.core.manifest import SIGNATURE_NAME
 from plugvisor.core.semver import parse_version
-from plugvisor.core.signing import verify_signature
 from plugvisor.daemon.control import outcome_result, send_command
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.registry import ACTIVATABLE, Registry, VersionStatus
@@ -332,29 +330,13 @@ def _check_stored_signature(
     store: VersionStore, *, name: str, target: str, digest: str, keyid: str, layout: StateLayout
 ) -> None:
     """Re-verify the stored MANIFEST.sig over the stored MANIFEST.json with today's trust."""
-    sig = store.signature(digest)
-    if sig is None:
-        raise SignatureError(
-            "missing", f"{name} {target} was stored without its {SIGNATURE_NAME}, so its "
-            "signature cannot be re-verified and it cannot be rolled back to",
-            plugin=name, version=target, digest=digest,
-        )  # fmt: skip
     try:
-        signer = verify_signature(
-            store.manifest_bytes(digest), sig, TrustStore(layout.root).load_all()
-        )
+        store.verify_signature(digest, TrustStore(layout.root).load_all(), expected_keyid=keyid)
     except SignatureError as err:
         raise SignatureError(
             err.rule, f"{name} {target}: {err.message}", **{**err.details, "plugin": name,
             "version": target},
         ) from err  # fmt: skip
-    if signer != keyid:
-        # A valid signature, but not the one the registry recorded at install.
-        raise SignatureError(
-            "invalid", f"{name} {target}: its {SIGNATURE_NAME} is by key {signer[:16]}, but "
-            f"the version was installed signed by {keyid[:16]}", plugin=name, version=target,
-            keyid=signer,
-        )  # fmt: skip
 
 
 def _rollback_check(job: JobRun, settings: Settings) -> None:

@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 
-from plugvisor.api.testkit import ApiKit
+from plugvisor.api.testkit import ApiKit, pack_greeter
 from plugvisor.core.signing import generate_keypair
+from plugvisor.state.install import install_archive
 from plugvisor.state.registry import VersionStatus
 from plugvisor.state.security_log import SecurityLog
 from plugvisor.state.tokens import TOKENS_FILE, Role, TokenStore, hash_token
@@ -377,6 +378,25 @@ def test_upload_starts_one_job_per_key(kit: ApiKit) -> None:
 
 
 # ---- audit report and security log -----------------------------------------------------------
+def test_audit_report_re_verifies_the_stored_signature(kit: ApiKit, tmp_path: Path) -> None:
+    """The report verifies MANIFEST.sig again with today's trust, not the install-time one."""
+    key = tmp_path / "k.key"
+    generate_keypair(key)
+    keyid = TrustStore(kit.layout.root).trust(Path(f"{key}.pub"))
+    install_archive(kit.settings, pack_greeter("1.0.0", key, tmp_path))
+    viewer = kit.auth(Role.VIEWER)
+
+    report = kit.client.get("/api/plugins/audit?name=greeter", headers=viewer).get_json()
+    assert report["signature"] == {"status": "verified", "keyid": keyid, "key_trusted_now": True}
+    assert report["integrity"]["ok"] is True
+
+    TrustStore(kit.layout.root).remove(keyid)
+    report = kit.client.get("/api/plugins/audit?name=greeter", headers=viewer).get_json()
+    assert report["signature"]["status"] == "failed"
+    assert report["signature"]["error"]["code"] == "signature.untrusted"
+    assert report["signature"]["key_trusted_now"] is False
+
+
 def test_audit_report_shows_findings_signature_profile(kit: ApiKit) -> None:
     viewer = kit.auth(Role.VIEWER)
     resp = kit.client.get("/api/plugins/audit", headers=viewer)
@@ -399,11 +419,11 @@ def test_audit_report_shows_findings_signature_profile(kit: ApiKit) -> None:
     assert report["name"] == "greeter"
     assert report["version"] == "1.0.0"
     assert report["status"] == "review"
-    assert report["signature"] == {
-        "status": "verified",
-        "keyid": "0" * 64,
-        "key_trusted_now": False,
-    }
+    # Recorded only (no stored tree): nothing to re-verify, and the report says so.
+    assert report["signature"]["status"] == "failed"
+    assert report["signature"]["error"]["code"] == "signature.missing"
+    assert report["signature"]["keyid"] == "0" * 64
+    assert report["signature"]["key_trusted_now"] is False
     assert report["integrity"]["ok"] is False, "no stored tree for this recorded-only version"
     assert report["profile"]["name"] == "default"
     assert report["profile"]["max_db_queries"] >= 1
