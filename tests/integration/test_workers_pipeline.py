@@ -180,10 +180,7 @@ def kit(
     """One worker per broker for the module (start-up ~1 s; the tests share it)."""
     url = ""
     if request.param == "rabbitmq":
-        try:
-            url = request.getfixturevalue("rabbitmq_url")
-        except pytest.FixtureLookupError:
-            pytest.skip("RabbitMQ variant: no rabbitmq_url fixture in tests/conftest.py")
+        url = request.getfixturevalue("rabbitmq_url")
     yield from _kit(tmp_path_factory.mktemp(f"workers-{request.param}"), url, {})
 
 
