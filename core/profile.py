@@ -31,8 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from plugvisor.core.config import parse_size
 from plugvisor.core.errors import ProfileError
 
@@ -347,8 +345,13 @@ def parse_profile(data: bytes, name: str) -> SecurityProfile:
     """Parse and validate a profile's YAML bytes; every error names the field."""
     if not PROFILE_NAME.match(name):
         raise _fail("invalid_name", f"name must match {PROFILE_NAME.pattern}", name, None)
+    # Imported here, not at the top: the sandbox template unpickles profiles and must not
+    # carry PyYAML into every plugin process. libyaml's safe loader when PyYAML has it:
+    # the same rules as yaml.SafeLoader, ~10x faster.
+    import yaml  # noqa: PLC0415
+
     try:
-        raw = yaml.load(data, Loader=_SAFE_LOADER)  # noqa: S506 -- a safe loader
+        raw = yaml.load(data, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506
     except yaml.YAMLError as exc:
         raise _fail("invalid_yaml", str(exc), name, None) from exc
     if not isinstance(raw, dict):
@@ -417,9 +420,6 @@ def parse_profile(data: bytes, name: str) -> SecurityProfile:
     )
 
 
-#: libyaml's safe loader when PyYAML was built with it (same rules as ``yaml.SafeLoader``,
-#: ~10x faster: a profile is parsed on every swap's spawn path).
-_SAFE_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 #: Parsed profiles keyed by name and file content: an edited file is parsed again, an
 #: unchanged one is not (profiles are frozen, so sharing them is safe).
 _PARSED: dict[tuple[str, bytes], SecurityProfile] = {}

@@ -43,6 +43,7 @@ from plugvisor.core.errors import (
     error_from_dict,
 )
 from plugvisor.core.log import get_logger
+from plugvisor.core.profile import load_profile
 from plugvisor.daemon.sandbox.layers import LayerReport, LayerStatus
 from plugvisor.daemon.sandbox.lockdown import can_change_identity
 from plugvisor.daemon.sandbox.monitor import ResourceMonitor
@@ -817,6 +818,16 @@ class _Pending:
         self.result: tuple[dict[str, Any], list[int]] | None = None
 
 
+def _template_preload(settings: Settings) -> frozenset[str]:
+    """The modules the template pre-imports: those of the default profile (most plugins'),
+    so their spawns import nothing; other profiles' children import their extras."""
+    try:
+        return load_profile(settings.default_profile, settings).allowed_modules()
+    except PlugvisorError as exc:
+        _log.warning("sandbox.preload_skipped", profile=settings.default_profile, error=str(exc))
+        return frozenset()
+
+
 class Spawner:
     """Owns the template process and spawns :class:`PluginHost` s from it."""
 
@@ -871,7 +882,7 @@ class Spawner:
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-I", "-m", "plugvisor.daemon.sandbox.template",
-                 str(child.fileno())],
+                 str(child.fileno()), ",".join(sorted(_template_preload(self.settings)))],
                 pass_fds=(child.fileno(),),
                 env=env,
                 stdin=subprocess.DEVNULL,

@@ -24,7 +24,6 @@ import pwd
 import resource
 import sys
 import sysconfig
-import tempfile
 import time
 import zoneinfo
 from collections.abc import Iterable
@@ -218,8 +217,10 @@ _SECCOMP_DENY = [
 
 
 def build_seccomp_bpf(network_allowed: bool) -> bytes:
-    """Compile the filter once (in the template) into raw BPF the child loads with prctl."""
-    import pyseccomp  # noqa: PLC0415 -- imported (and its libraries found) in the template
+    """Compile the filter into raw BPF the child loads with prctl (see _build_bpf_aside)."""
+    import tempfile  # noqa: PLC0415 -- only in the template's throw-away helper
+
+    import pyseccomp  # noqa: PLC0415
 
     eperm = pyseccomp.ERRNO(errno.EPERM)
     filt = pyseccomp.SyscallFilter(pyseccomp.ALLOW)
@@ -251,6 +252,47 @@ def build_seccomp_bpf(network_allowed: bool) -> bytes:
         filt.export_bpf(fh)
         fh.seek(0)
         return fh.read()
+
+
+def _build_bpf_aside() -> dict[bool, bytes | None]:
+    """Both filters (network denied / allowed), compiled in a throw-away child.
+
+    pyseccomp, ctypes.util and libseccomp then never enter the template, so no plugin
+    process carries them (about 3 MB each) -- the template only keeps the raw BPF.
+    """
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the helper child
+        os.close(rfd)
+        code = 0
+        try:
+            out = [build_seccomp_bpf(net) for net in (False, True)]
+            data = b"".join(len(b).to_bytes(4, "big") + b for b in out)
+        except Exception as exc:  # reported to the template as the seccomp layer missing
+            data, code = f"{type(exc).__name__}: {exc}".encode(), 1
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(wfd, view) :]
+        finally:
+            os._exit(code)
+    os.close(wfd)
+    chunks = []
+    with open(rfd, "rb") as fh:
+        while chunk := fh.read(65536):
+            chunks.append(chunk)
+    _, status = os.waitpid(pid, 0)
+    data = b"".join(chunks)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(data.decode(errors="replace") or f"helper exited with {status}")
+    filters: list[bytes] = []
+    while data:
+        size = int.from_bytes(data[:4], "big")
+        filters.append(data[4 : 4 + size])
+        data = data[4 + size :]
+    if len(filters) != 2 or any(len(f) % 8 for f in filters):
+        raise RuntimeError("malformed BPF from the helper")
+    return {False: filters[0], True: filters[1]}
 
 
 def _load_seccomp(bpf: bytes) -> None:
@@ -306,7 +348,7 @@ def prepare() -> LockdownResources:
     bpf: dict[bool, bytes | None] = {True: None, False: None}
     reason = ""
     try:
-        bpf = {net: build_seccomp_bpf(net) for net in (False, True)}
+        bpf = _build_bpf_aside()
     except (ImportError, OSError, RuntimeError) as exc:
         reason = f"libseccomp unusable: {exc}"
     try:

@@ -5,8 +5,9 @@ than fork the caller: the caller is typically the daemon, multi-threaded (call s
 monitor, kombu consumer), and a fork of a threaded process inherits locks held by other
 threads (logging, import lock, allocator) and every open fd and secret in memory
 (registry connections, keys). An exec'd template starts from nothing, imports exactly the
-runtime and the allowed standard library once, opens the read-only O_PATH handles and builds
-the seccomp BPF while root, and stays single-threaded -- so a fork of *it* is safe and
+runtime and the default profile's standard library once, opens the read-only O_PATH handles
+while root, has the seccomp BPF compiled by a throw-away child (libseccomp stays out), and
+stays single-threaded -- so a fork of *it* is safe and
 cheap (the children share its warm pages). ``-I`` keeps the venv (``pyvenv.cfg``) but
 ignores ``PYTHON*`` variables and the user site; the ~60 ms interpreter start is paid once.
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import importlib
 import json
 import os
 import pickle
@@ -35,9 +37,9 @@ import socket
 import sys
 import time
 import traceback
+from collections.abc import Iterable
 from typing import Any
 
-from plugvisor.core.errors import PlugvisorError
 from plugvisor.daemon.sandbox.protocol import (
     FrameType,
     SpawnOrder,
@@ -45,42 +47,37 @@ from plugvisor.daemon.sandbox.protocol import (
     error_envelope,
 )
 
-__all__ = ["RUNTIME_PRELOAD", "main"]
+__all__ = ["RUNTIME_PRELOAD", "import_modules", "main"]
 
-#: Imported once in the template besides every module a bundled profile allows: what the
-#: runtime needs after the lock-down (lazy imports of the stdlib, codecs looked up by name,
-#: C extensions whose shared libraries sit outside the Landlock rules).
+#: Imported once in the template besides the modules of the default profile (which the
+#: parent names on the command line): what the runtime needs after the lock-down (lazy
+#: imports of the stdlib, codecs looked up by name, C extensions whose shared libraries sit
+#: outside the Landlock rules). A profile's other modules are imported by its child before
+#: the lock-down (:func:`import_modules` in the child), so every plugin process carries only what
+#: its own profile allows, not the union of all profiles (trusted's network stack is ~8 MB).
 RUNTIME_PRELOAD = (
     "json", "decimal", "zoneinfo", "hashlib", "_strptime", "locale", "encodings.idna",
     "encodings.utf_16", "encodings.utf_32", "encodings.latin_1", "encodings.ascii",
     "encodings.cp1252", "encodings.utf_8_sig", "encodings.punycode", "encodings.unicode_escape",
     "encodings.raw_unicode_escape", "encodings.base64_codec", "encodings.hex_codec",
     "importlib.resources", "importlib.resources.abc", "importlib.util", "importlib.machinery",
-    "zipfile", "pyseccomp", "ctypes", "ctypes.util",
+    "zipfile", "ctypes",
 )  # fmt: skip
 
 
-def _profile_modules() -> set[str]:
-    """Modules the bundled profiles allow: pre-importing them makes plugin imports free."""
-    from plugvisor.core.profile import bundled_profiles_dir, parse_profile  # noqa: PLC0415
-
-    names: set[str] = set()
-    for path in sorted(bundled_profiles_dir().glob("*.yaml")):
-        try:
-            names |= parse_profile(path.read_bytes(), path.stem).allowed_modules()
-        except (OSError, PlugvisorError) as exc:
-            print(f"plugvisor template: profile {path.name} skipped: {exc}", file=sys.stderr)
-    return names
-
-
-def _preload() -> None:
-    import importlib  # noqa: PLC0415
-
-    for name in sorted({*RUNTIME_PRELOAD, *_profile_modules()}):
+def import_modules(names: Iterable[str]) -> None:
+    """Import ``names`` that are modules (``os.path``); skip class paths and missing ones."""
+    for name in sorted(set(names)):
+        if name in sys.modules:
+            continue
         try:
             importlib.import_module(name)
         except ImportError:
             continue  # optional on this Python build, or not a module (a class path)
+
+
+def _preload(profile_modules: Iterable[str]) -> None:
+    import_modules({*RUNTIME_PRELOAD, *profile_modules})
     # The runtime itself, so the child never imports plugvisor code after the lock-down.
     import plugvisor.daemon.sandbox._fallback_policy  # noqa: PLC0415
     import plugvisor.daemon.sandbox.child  # noqa: PLC0415
@@ -89,6 +86,15 @@ def _preload() -> None:
     # A missing policy module is reported as the "policy" layer missing.
     with contextlib.suppress(ImportError):
         import plugvisor.daemon.sandbox.policy  # noqa: F401, PLC0415
+
+
+def _trim_heap() -> None:
+    """Hand the heap the imports freed back to the kernel: a child's RSS starts as the
+    template's resident pages, so every page not kept is one no plugin process carries."""
+    import ctypes  # noqa: PLC0415 -- already imported by the preload
+
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 def _send(ctl: socket.socket, msg: dict[str, Any], fds: list[int] | None = None) -> None:
@@ -227,6 +233,9 @@ def _child_main(order: SpawnOrder, chan_fd: int, res: Any, ids: tuple[int, int] 
     sock = socket.socket(fileno=chan_fd)
     can_switch = can_change_identity()
     try:
+        # What this profile allows beyond the template's preload, imported while the
+        # files (and shared libraries outside the Landlock rules) are still reachable.
+        import_modules(order.profile.allowed_modules())
         # Opened while still root: the state dir may sit under a directory the sandbox
         # user cannot traverse (pytest's /tmp/pytest-of-root is 0700, a clone under
         # /root). The child reaches the code through /proc/self/fd/N -- the magic link
@@ -309,13 +318,16 @@ def _policy_installer(wanted: bool) -> tuple[Any, dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: ``python -I -m plugvisor.daemon.sandbox.template CONTROL_FD``."""
+    """Entry point: ``python -I -m plugvisor.daemon.sandbox.template CONTROL_FD [MODULES]``.
+
+    ``MODULES``: comma-separated modules to pre-import (the default profile's).
+    """
     args = sys.argv[1:] if argv is None else argv
     ctl = socket.socket(fileno=int(args[0]))
     # Ctrl-C in a terminal reaches the whole foreground group: the daemon decides.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     t0 = time.perf_counter()
-    _preload()
+    _preload(filter(None, args[1].split(",")) if len(args) > 1 else ())
     from plugvisor.daemon.sandbox.protocol import PROTOCOL_VERSION  # noqa: PLC0415
 
     try:
@@ -324,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         # child would otherwise touch (and so copy) every inherited object's page.
         gc.collect()
         gc.freeze()
+        _trim_heap()
     except Exception as exc:  # report, then die: the parent raises sandbox.template_failed
         _send(ctl, {"op": "ready", "ok": False, "error": f"{type(exc).__name__}: {exc}"})
         return 1
