@@ -37,10 +37,10 @@ from plugvisor.core.archive import (
     check_archive,
     extract_archive,
     pack,
-    remove_tree,
 )
 from plugvisor.core.config import Settings, load_settings
 from plugvisor.core.errors import ArchiveError, NotFoundError, PlugvisorError
+from plugvisor.core.fs import remove_tree
 from plugvisor.core.manifest import PluginMeta, parse_plugin_yaml
 from plugvisor.core.profile import SecurityProfile, load_profile
 from plugvisor.core.signing import generate_keypair, load_public_key

@@ -41,7 +41,7 @@ from plugvisor.core.errors import (
     SignatureError,
     StateError,
 )
-from plugvisor.core.fs import fsync_dir
+from plugvisor.core.fs import fsync_dir, remove_tree
 from plugvisor.core.log import get_logger
 from plugvisor.core.manifest import (
     MANIFEST_NAME,
@@ -71,7 +71,6 @@ __all__ = [
     "check_archive",
     "extract_archive",
     "pack",
-    "remove_tree",
 ]
 
 _log = get_logger(__name__)
@@ -750,21 +749,6 @@ def _entrypoint_error(meta: PluginMeta, files: set[str]) -> ManifestError | None
 
 
 # ---- public operations -----------------------------------------------------------------
-
-
-def remove_tree(path: Path | str) -> None:
-    """Remove a tree made read-only by extraction (chmod back first); absent is fine."""
-    path = Path(path)
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-        return
-    if not path.exists():
-        return
-    for root, _dirs, _files in os.walk(path):
-        os.chmod(root, 0o700)  # files need no mode change: unlinking is a directory write
-    import shutil  # noqa: PLC0415 -- only needed here
-
-    shutil.rmtree(path)
 
 
 def _seal(root: Path) -> None:

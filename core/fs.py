@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_write", "exchange_paths", "flock_exclusive", "fsync_dir"]
+__all__ = ["atomic_write", "exchange_paths", "flock_exclusive", "fsync_dir", "remove_tree"]
 
 
 @contextlib.contextmanager
@@ -84,3 +84,18 @@ def exchange_paths(a: Path, b: Path) -> None:
     fsync_dir(Path(a).parent)
     if Path(b).parent != Path(a).parent:
         fsync_dir(Path(b).parent)
+
+
+def remove_tree(path: Path | str) -> None:
+    """Remove a tree made read-only by extraction (chmod back first); absent is fine."""
+    path = Path(path)
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+        return
+    if not path.exists():
+        return
+    for root, _dirs, _files in os.walk(path):
+        os.chmod(root, 0o700)  # files need no mode change: unlinking is a directory write
+    import shutil  # noqa: PLC0415 -- only needed here
+
+    shutil.rmtree(path)

@@ -9,9 +9,34 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-import structlog
+
+def _import_structlog() -> Any:
+    """``import structlog`` without letting it pull in rich.
+
+    structlog.dev imports rich (installed as a Bandit dependency) at import time, only to
+    offer rich tracebacks in console mode; that is ~6 MB of RSS in the daemon and every
+    API worker for a feature the JSON logs never use. rich is hidden for the duration of
+    the import only (console mode then prints plain tracebacks); a process that already
+    imported rich, or imports it later (the scanner's Bandit), is unaffected.
+    """
+    if "structlog" in sys.modules or "rich" in sys.modules:
+        import structlog  # noqa: PLC0415
+
+        return structlog
+    sys.modules["rich"] = None  # type: ignore[assignment]  # makes `import rich` fail
+    try:
+        import structlog  # noqa: PLC0415
+    finally:
+        del sys.modules["rich"]
+    return structlog
+
+
+if TYPE_CHECKING:
+    import structlog
+else:
+    structlog = _import_structlog()
 
 __all__ = ["configure_logging", "get_logger"]
 

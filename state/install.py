@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from plugvisor.core.archive import ArchiveLimits, VerifiedPackage, extract_archive, remove_tree
+from plugvisor.core.archive import ArchiveLimits, VerifiedPackage, extract_archive
 from plugvisor.core.config import Settings
 from plugvisor.core.errors import (
     ArchiveError,
@@ -33,7 +33,7 @@ from plugvisor.core.errors import (
     StateError,
     VersionError,
 )
-from plugvisor.core.fs import flock_exclusive
+from plugvisor.core.fs import flock_exclusive, remove_tree
 from plugvisor.core.log import get_logger
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.quarantine import Quarantine

@@ -19,10 +19,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from plugvisor.core.archive import remove_tree as _remove_tree
 from plugvisor.core.errors import PlugvisorError, StateError
 from plugvisor.core.fs import atomic_write
 from plugvisor.core.fs import fsync_dir as _fsync_dir
+from plugvisor.core.fs import remove_tree as _remove_tree
 from plugvisor.state.layout import StateLayout
 
 __all__ = ["Quarantine", "QuarantineEntry"]

@@ -21,14 +21,17 @@ import stat
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from plugvisor.core.archive import remove_tree as _remove_tree
 from plugvisor.core.errors import PlugvisorError, SignatureError, StateError
 from plugvisor.core.fs import atomic_write
 from plugvisor.core.fs import fsync_dir as _fsync_dir
+from plugvisor.core.fs import remove_tree as _remove_tree
 from plugvisor.core.manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest, parse_manifest
-from plugvisor.core.signing import PublicKey, verify_signature
 from plugvisor.state.layout import StateLayout
+
+if TYPE_CHECKING:
+    from plugvisor.core.signing import PublicKey
 
 __all__ = ["CONTROL_FILES", "VersionStore"]
 
@@ -151,6 +154,10 @@ class VersionStore:
                 "missing", f"version {digest[:12]} was stored without its {SIGNATURE_NAME}, "
                 "so its signature cannot be re-verified", digest=digest,
             )  # fmt: skip
+        # Imported here: the daemon re-hashes trees before every spawn but never checks a
+        # signature, and cryptography (with its own OpenSSL) costs it ~8 MB of RSS.
+        from plugvisor.core.signing import verify_signature  # noqa: PLC0415
+
         signer = verify_signature(self.manifest_bytes(digest), sig, trusted)
         if expected_keyid is not None and signer != expected_keyid:
             raise SignatureError(

@@ -41,7 +41,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from plugvisor.core.archive import remove_tree
 from plugvisor.core.errors import (
     ConflictError,
     DependencyError,
@@ -50,7 +49,7 @@ from plugvisor.core.errors import (
     SignatureError,
     StateError,
 )
-from plugvisor.core.fs import fsync_dir
+from plugvisor.core.fs import fsync_dir, remove_tree
 from plugvisor.core.semver import parse_version
 from plugvisor.daemon.control import outcome_result, send_command
 from plugvisor.state.layout import StateLayout

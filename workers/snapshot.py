@@ -41,9 +41,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from plugvisor.core.archive import remove_tree
 from plugvisor.core.errors import NotFoundError, StateError
-from plugvisor.core.fs import exchange_paths, fsync_dir
+from plugvisor.core.fs import exchange_paths, fsync_dir, remove_tree
 from plugvisor.core.log import get_logger
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.registry import Registry

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from celery.signals import worker_process_shutdown
 
-from plugvisor.core.archive import remove_tree
 from plugvisor.core.errors import PlugvisorError, SandboxError, StateError, error_from_dict
+from plugvisor.core.fs import remove_tree
 from plugvisor.core.log import get_logger
 from plugvisor.core.manifest import parse_plugin_yaml
 from plugvisor.core.profile import load_profile

@@ -9,6 +9,7 @@ applied in its HELLO frame (``PluginHost.layers``); ``plugvisor sandbox-check`` 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -129,10 +130,26 @@ def _seccomp_reason() -> str:
                 return "kernel without seccomp"
     except OSError as exc:
         return f"cannot read /proc/self/status: {exc}"
+    return _probe_libseccomp()
+
+
+@functools.cache
+def _probe_libseccomp() -> str:
+    """'' when pyseccomp loads libseccomp here; probed in a throw-away interpreter, so the
+    daemon never carries the bindings (the template's helper compiles the filter)."""
     try:
-        import pyseccomp  # noqa: F401, PLC0415 -- finds libseccomp at import
-    except (ImportError, RuntimeError, OSError) as exc:
-        return f"pyseccomp/libseccomp unusable: {exc}"
+        proc = subprocess.run(
+            [sys.executable, "-I", "-c", "import pyseccomp"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"probe failed: {exc}"
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+        return f"pyseccomp/libseccomp unusable: {last[-200:]}"
     return ""
 
 
@@ -175,12 +192,11 @@ def detect_layers(sandbox_user: str = "nobody") -> LayerReport:
     )
     sec = _seccomp_reason()
     out.append(LayerStatus("seccomp", not sec, not sec, sec or "BPF syscall filter"))
-    try:
-        from plugvisor.daemon.sandbox import policy  # noqa: F401, PLC0415
-
+    # Found, not imported: the policy runs in the plugin processes, not in this one.
+    if importlib.util.find_spec("plugvisor.daemon.sandbox.policy") is not None:
         out.append(LayerStatus("policy", True, True, "PEP 578 audit hook + import policy"))
-    except ImportError as exc:
-        out.append(LayerStatus("policy", False, False, f"policy module missing: {exc}"))
+    else:
+        out.append(LayerStatus("policy", False, False, "policy module missing"))
     try:
         import psutil  # noqa: F401, PLC0415
 

@@ -32,10 +32,10 @@ from plugvisor.core.archive import (
     check_archive,
     extract_archive,
     pack,
-    remove_tree,
 )
 from plugvisor.core.config import load_settings
 from plugvisor.core.errors import ArchiveError, ConflictError, ManifestError, PlugvisorError
+from plugvisor.core.fs import remove_tree
 from plugvisor.core.signing import PublicKey, generate_keypair, keyid, load_public_key
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
