@@ -131,6 +131,8 @@ class Supervisor:
         self._monitor: threading.Thread | None = None
         self._retiring: list[threading.Thread] = []
         self._metric_children: dict[tuple[str, str], Any] = {}
+        #: Parsed plugin.yaml per code digest (see version_info).
+        self._metas: dict[str, PluginMeta] = {}
         self.violations = ViolationTracker(
             settings.violation_threshold, settings.violation_window_s,
             on_trip=self._violations_tripped,
@@ -209,15 +211,27 @@ class Supervisor:
         self._retiring = [x for x in self._retiring if x.is_alive()] + [t]
 
     # ---- building pools --------------------------------------------------------------------
-    def version_info(self, name: str, version: str) -> _VersionInfo:
-        """The registered version ``name`` ``version`` with its plugin.yaml parsed."""
-        rec = self.registry.get_version(name, version)
-        digest = str(rec.digest)
-        # Not verified here: every spawn verifies the tree right before it starts.
-        meta = parse_plugin_yaml((self.layout.version_dir(digest) / "plugin.yaml").read_bytes())
+    def version_info(self, name: str, version: str, digest: str | None = None) -> _VersionInfo:
+        """The registered version ``name`` ``version`` with its plugin.yaml parsed.
+
+        ``digest``: the version's code digest when the caller has just read it from the
+        registry (the swap's check), saving a second read.
+        """
+        if digest is None:
+            digest = str(self.registry.get_version(name, version).digest)
+        meta = self._metas.get(digest)
+        if meta is None:
+            # Not verified here: every spawn verifies the tree right before it starts. The
+            # parse is kept per digest: versions/<digest>/ is content-addressed, and a tree
+            # altered after this read still fails that verification before it runs.
+            path = self.layout.version_dir(digest) / "plugin.yaml"
+            meta = parse_plugin_yaml(path.read_bytes())
+            if len(self._metas) >= 256:
+                self._metas.clear()
+            self._metas[digest] = meta
         return _VersionInfo(
-            name=name, version=str(rec.version), digest=digest, meta=meta,
-            requires=tuple(sorted(dict(rec.requires))),
+            name=name, version=str(version), digest=digest, meta=meta,
+            requires=tuple(sorted(meta.requires)),
         )  # fmt: skip
 
     def verify(self, digest: str) -> None:

@@ -48,7 +48,7 @@ from plugvisor.core.errors import (
 from plugvisor.core.fs import exchange_paths
 from plugvisor.core.log import get_logger
 from plugvisor.daemon.supervisor import PluginSlot, SlotState, Supervisor, Watch
-from plugvisor.state.registry import ACTIVATABLE
+from plugvisor.state.registry import ACTIVATABLE, ActivationCheck
 
 __all__ = ["RESTORE_ID", "SwapEngine"]
 
@@ -77,35 +77,15 @@ class SwapEngine:
         assert slot is not None
         with slot.swap_lock:
             t0 = time.perf_counter()
-            plugin = reg.get_plugin(name)
-            if plugin.disabled:
-                raise ConflictError(
-                    "plugin_disabled",
-                    f"{name} is disabled ({plugin.disabled_reason}); enable it first",
-                    plugin=name,
-                )
             running = slot.pool.version if slot.pool is not None else None
-            if plugin.active_version == version and running == version:
+            check = reg.check_activation(name, version)
+            _refuse_disabled(check)
+            if check.plugin.active_version == version and running == version:
                 return {"plugin": name, "outcome": "kept", "from": version, "to": version}
-            target = reg.get_version(name, version)
-            if target.status not in ACTIVATABLE:
-                # Refused before anything is spawned: quarantined or unreviewed code never runs.
-                raise ConflictError(
-                    "not_activatable",
-                    f"{name} {version} is {target.status.value}; only approved or retired "
-                    "versions can be activated",
-                    plugin=name, version=version, status=target.status.value,
-                )  # fmt: skip
-            conflicts = reg.check_dependencies((name, version))
-            if conflicts:
-                self._failed(name, kind, running, version, "; ".join(conflicts))
-                raise DependencyError(
-                    "conflict", "; ".join(conflicts), plugin=name, version=version,
-                    conflicts=conflicts,
-                )  # fmt: skip
+            self._refuse(check, kind, running)
             phases = {"checks": time.perf_counter() - t0}
             try:
-                info = sup.version_info(name, version)
+                info = sup.version_info(name, version, check.digest)
                 phases["read_version"] = time.perf_counter() - t0
                 pool = sup.start_pool(info)
                 phases["verify_spawn_health"] = time.perf_counter() - t0
@@ -117,13 +97,13 @@ class SwapEngine:
                     rule, f"{name} {version} did not start: {exc.message}", **details
                 ) from exc
             try:
-                old_rec, _new = reg.activate(name, version)
+                old_version = reg.switch_active(name, version)
             except PlugvisorError as exc:
                 sup.retire(pool, drain_timeout=0.0)
                 self._failed(name, kind, running, version, str(exc))
                 raise
             phases["commit"] = time.perf_counter() - t0
-            previous = old_rec.version if old_rec is not None else running
+            previous = old_version or running
             old_pool = sup.route(slot, pool, SlotState.ACTIVE, "", version)
             flipped_at = time.time()
             slot.crashes.clear()
@@ -216,32 +196,13 @@ class SwapEngine:
         with slot.swap_lock:
             t0 = time.perf_counter()
             stage, restore_id = self._staged_data(name, restore_from)
-            plugin = reg.get_plugin(name)
-            if plugin.disabled:
-                raise ConflictError(
-                    "plugin_disabled",
-                    f"{name} is disabled ({plugin.disabled_reason}); enable it first",
-                    plugin=name,
-                )
-            target = reg.get_version(name, version)
-            if target.status not in ACTIVATABLE:
-                raise ConflictError(
-                    "not_activatable",
-                    f"{name} {version} is {target.status.value}; only approved or retired "
-                    "versions can be activated",
-                    plugin=name, version=version, status=target.status.value,
-                )  # fmt: skip
-            conflicts = reg.check_dependencies((name, version))
             running = slot.pool.version if slot.pool is not None else None
-            if conflicts:
-                self._failed(name, "rollback", running, version, "; ".join(conflicts))
-                raise DependencyError(
-                    "conflict", "; ".join(conflicts), plugin=name, version=version,
-                    conflicts=conflicts,
-                )  # fmt: skip
-            info = sup.version_info(name, version)
+            check = reg.check_activation(name, version)
+            _refuse_disabled(check)
+            self._refuse(check, "rollback", running)
+            info = sup.version_info(name, version, check.digest)
             sup.verify(info.digest)  # before any downtime: a bad tree refuses at once
-            old_version = plugin.active_version
+            old_version = check.plugin.active_version
             layout.ensure_plugin_data(name)
             already = _read_id(live) == restore_id
             old_pool = sup.route(slot, None, SlotState.DOWN, f"rolling back to {version}: "
@@ -266,7 +227,7 @@ class SwapEngine:
                 ) from exc  # fmt: skip
             phases["spawn_health"] = time.perf_counter() - t0
             try:
-                old_rec, _new = reg.activate(name, version)
+                switched_from = reg.switch_active(name, version)
             except PlugvisorError:
                 pool.close(0.0)
                 if not already:
@@ -277,7 +238,7 @@ class SwapEngine:
             slot.crashes.clear()
             slot.watch = None
             took = time.perf_counter() - t0
-        previous = old_rec.version if old_rec is not None else running
+        previous = switched_from or running
         sup.metrics.swaps.labels(name, "ok").inc()
         sup.metrics.swap_seconds.observe(took)
         sup.metrics.rollbacks.labels(name, "rollback").inc()
@@ -290,6 +251,24 @@ class SwapEngine:
             "restored": True, "took_ms": round(took * 1000, 3),
             "phases_ms": {k: round(v * 1000, 3) for k, v in phases.items()},
         }  # fmt: skip
+
+    def _refuse(self, check: ActivationCheck, kind: str, running: str | None) -> None:
+        """Refuse before anything is spawned: a version that is not approved or retired
+        (quarantined or unreviewed code never runs), or one that breaks dependencies."""
+        name, version = check.plugin.name, check.version
+        if check.status not in ACTIVATABLE:
+            raise ConflictError(
+                "not_activatable",
+                f"{name} {version} is {check.status.value}; only approved or retired "
+                "versions can be activated",
+                plugin=name, version=version, status=check.status.value,
+            )  # fmt: skip
+        if check.conflicts:
+            self._failed(name, kind, running, version, "; ".join(check.conflicts))
+            raise DependencyError(
+                "conflict", "; ".join(check.conflicts), plugin=name, version=version,
+                conflicts=check.conflicts,
+            )  # fmt: skip
 
     def _restart(self, slot: PluginSlot, version: str | None) -> None:
         """Start ``version`` again after a failed data swap (``down`` if that fails too)."""
@@ -342,6 +321,16 @@ class SwapEngine:
             from_version=running, to_version=version,
         )  # fmt: skip
         _log.warning("swap_refused", plugin=name, version=version, reason=reason)
+
+
+def _refuse_disabled(check: ActivationCheck) -> None:
+    plugin = check.plugin
+    if plugin.disabled:
+        raise ConflictError(
+            "plugin_disabled",
+            f"{plugin.name} is disabled ({plugin.disabled_reason}); enable it first",
+            plugin=plugin.name,
+        )
 
 
 def _read_id(path: Path) -> str | None:

@@ -51,6 +51,7 @@ from plugvisor.state.layout import StateLayout
 
 __all__ = [
     "SCHEMA_VERSION",
+    "ActivationCheck",
     "CommandRecord",
     "Dependent",
     "EventRecord",
@@ -223,6 +224,22 @@ class EventRecord:
         return _record_dict(self)
 
 
+@dataclass(frozen=True)
+class ActivationCheck:
+    """What a swap needs to know before it spawns anything (:meth:`Registry.check_activation`).
+
+    Read in one transaction and without the version's stored report (a scan report can be
+    large): the daemon runs this on every swap.
+    """
+
+    plugin: PluginRecord
+    version: str
+    status: VersionStatus
+    digest: str
+    #: Every reason activating the version would break the dependency graph; [] if none.
+    conflicts: list[str]
+
+
 class Dependent(NamedTuple):
     """An active plugin whose active version requires another plugin within ``range``."""
 
@@ -284,6 +301,73 @@ _events = sa.table(
         "id", "plugin", "kind", "from_version", "to_version", "outcome", "reason", "at",
     )),
 )  # fmt: skip
+
+
+_b = sa.bindparam
+_version_key = (_versions.c.plugin == _b("b_plugin"), _versions.c.version == _b("b_version"))
+
+
+class _Q:
+    """The statements of the hot paths (every swap, command and job step), built once.
+
+    Building a statement costs ~160 µs a call (SQLAlchemy's construction and cache key),
+    executing a prebuilt one with bound parameters ~40 µs; a swap runs about a dozen.
+    Bound parameter names carry a ``b_`` prefix: a column's own name is reserved in SET.
+    """
+
+    plugin = sa.select(_plugins).where(_plugins.c.name == _b("b_name"))
+    plugin_locked = plugin.with_for_update()
+    version = sa.select(_versions).where(*_version_key)
+    version_check = sa.select(_versions.c.status, _versions.c.digest).where(*_version_key)
+    requires = sa.select(_requires.c.requires_name, _requires.c.range).where(
+        _requires.c.plugin == _b("b_plugin"), _requires.c.version == _b("b_version")
+    )
+    dependents = (
+        sa.select(_plugins.c.name, _plugins.c.active_version, _requires.c.range)
+        .select_from(
+            _plugins.join(
+                _requires,
+                sa.and_(
+                    _requires.c.plugin == _plugins.c.name,
+                    _requires.c.version == _plugins.c.active_version,
+                ),
+            )
+        )
+        .where(_requires.c.requires_name == _b("b_name"))
+        .order_by(_plugins.c.name)
+    )
+    active_of = sa.select(_versions.c.version).where(
+        _versions.c.plugin == _b("b_plugin"), _versions.c.status == _b("b_status")
+    )
+    set_version_status = (
+        sa.update(_versions).where(*_version_key).values(status=_b("b_status"), updated=_b("b_now"))
+    )
+    set_active = (
+        sa.update(_plugins)
+        .where(_plugins.c.name == _b("b_name"))
+        .values(active_version=_b("b_active"), previous_version=_b("b_previous"),
+                updated=_b("b_now"))
+    )  # fmt: skip
+    event = (
+        sa.insert(_events)
+        .values(
+            plugin=_b("b_plugin"), kind=_b("b_kind"), from_version=_b("b_from"),
+            to_version=_b("b_to"), outcome=_b("b_outcome"), reason=_b("b_reason"),
+            at=_b("b_at"),
+        )
+        .returning(*_events.c)
+    )  # fmt: skip
+    command = sa.select(_commands).where(_commands.c.id == _b("b_id"))
+    insert_command = sa.insert(_commands).values(
+        id=_b("b_id"), kind=_b("b_kind"), params=_b("b_params"), outcome=None,
+        created=_b("b_now"), finished=None,
+    )  # fmt: skip
+    finish_command = (
+        sa.update(_commands)
+        .where(_commands.c.id == _b("b_id"))
+        .values(outcome=_b("b_outcome"), finished=_b("b_now"))
+    )
+    job = sa.select(_jobs).where(_jobs.c.id == _b("b_id"))
 
 
 def _migration_1(conn: Connection) -> None:
@@ -653,7 +737,7 @@ class Registry:
     def find_plugin(self, name: str) -> PluginRecord | None:
         """The plugin's record, or None."""
         with self._read() as conn:
-            row = conn.execute(sa.select(_plugins).where(_plugins.c.name == name)).first()
+            row = conn.execute(_Q.plugin, {"b_name": name}).first()
             return None if row is None else _plugin_record(row)
 
     def list_plugins(self) -> list[PluginRecord]:
@@ -703,56 +787,66 @@ class Registry:
         version = str(version)
 
         def run(conn: Connection) -> tuple[VersionRecord | None, VersionRecord]:
-            plugin = self._plugin_in(conn, name, lock=True)
-            target = self._version_in(conn, name, version)
-            if target.status is VersionStatus.active:
-                return target, target
-            if target.status not in ACTIVATABLE:
-                raise ConflictError(
-                    "not_activatable",
-                    f"{name} {version} is {target.status.value}; only approved or retired "
-                    "versions can be activated",
-                    plugin=name, version=version, status=target.status.value,
-                )  # fmt: skip
-            if plugin.disabled:
-                raise ConflictError(
-                    "plugin_disabled",
-                    f"{name} is disabled ({plugin.disabled_reason}); enable it first",
-                    plugin=name,
-                )
-            now = _now()
-            old: VersionRecord | None = None
-            current = conn.execute(
-                sa.select(_versions.c.version).where(
-                    _versions.c.plugin == name, _versions.c.status == VersionStatus.active.value
-                )
-            ).first()
-            if current is not None:
-                # Retire first: the partial unique index refuses two active rows at once.
-                conn.execute(
-                    sa.update(_versions)
-                    .where(_versions.c.plugin == name, _versions.c.version == current.version)
-                    .values(status=VersionStatus.retired.value, updated=now)
-                )
-                old = self._version_in(conn, name, current.version)
-            conn.execute(
-                sa.update(_versions)
-                .where(_versions.c.plugin == name, _versions.c.version == version)
-                .values(status=VersionStatus.active.value, updated=now)
-            )
-            conn.execute(
-                sa.update(_plugins)
-                .where(_plugins.c.name == name)
-                .values(
-                    active_version=version,
-                    previous_version=old.version if old else plugin.previous_version,
-                    updated=now,
-                )
-            )
-            self._event(conn, name, "activated", old.version if old else None, version, "ok", "")
-            return old, self._version_in(conn, name, version)
+            changed, old = self._switch_in(conn, name, version)
+            new = self._version_in(conn, name, version)
+            if not changed:
+                return new, new
+            return (self._version_in(conn, name, old) if old else None), new
 
         return self._write(run)
+
+    def switch_active(self, name: str, version: str) -> str | None:
+        """:meth:`activate` for the daemon's swap path: returns the version active before
+        (``version`` itself when it already was), without loading either record."""
+        version = str(version)
+        return self._write(lambda conn: self._switch_in(conn, name, version)[1])
+
+    def _switch_in(self, conn: Connection, name: str, version: str) -> tuple[bool, str | None]:
+        """The activation inside ``conn``'s write transaction: ``(changed, old version)``."""
+        plugin = self._plugin_in(conn, name, lock=True)
+        row = conn.execute(_Q.version_check, {"b_plugin": name, "b_version": version}).first()
+        if row is None:
+            raise _no_version(name, version)
+        status = VersionStatus(row.status)
+        if status is VersionStatus.active:
+            return False, version
+        if status not in ACTIVATABLE:
+            raise ConflictError(
+                "not_activatable",
+                f"{name} {version} is {status.value}; only approved or retired "
+                "versions can be activated",
+                plugin=name, version=version, status=status.value,
+            )  # fmt: skip
+        if plugin.disabled:
+            raise ConflictError(
+                "plugin_disabled",
+                f"{name} is disabled ({plugin.disabled_reason}); enable it first",
+                plugin=name,
+            )
+        now = _now()
+        current = conn.execute(
+            _Q.active_of, {"b_plugin": name, "b_status": VersionStatus.active.value}
+        ).first()
+        old = current.version if current is not None else None
+        if old is not None:
+            # Retire first: the partial unique index refuses two active rows at once.
+            conn.execute(
+                _Q.set_version_status,
+                {"b_plugin": name, "b_version": old, "b_status": VersionStatus.retired.value,
+                 "b_now": now},
+            )  # fmt: skip
+        conn.execute(
+            _Q.set_version_status,
+            {"b_plugin": name, "b_version": version, "b_status": VersionStatus.active.value,
+             "b_now": now},
+        )  # fmt: skip
+        conn.execute(
+            _Q.set_active,
+            {"b_name": name, "b_active": version, "b_previous": old or plugin.previous_version,
+             "b_now": now},
+        )  # fmt: skip
+        self._event(conn, name, "activated", old, version, "ok", "")
+        return True, old
 
     def set_status(
         self,
@@ -875,41 +969,63 @@ class Registry:
         with self._read() as conn:
             if isinstance(target, tuple):
                 name, version_text = target[0], str(target[1])
-                requires = self._version_in(conn, name, version_text).requires
+                self._version_in(conn, name, version_text)  # not found: NotFoundError
+                requires = self._requires_in(conn, name, version_text)
             else:
                 name, version_text = target.name, str(target.version)
                 requires = {d: _range_text(r) for d, r in dict(target.requires).items()}
-            version = parse_version(version_text)
-            conflicts: list[str] = []
-            for dep, text in sorted(requires.items()):
-                if dep == name:
-                    continue
-                row = conn.execute(sa.select(_plugins).where(_plugins.c.name == dep)).first()
-                if row is None or row.active_version is None:
-                    conflicts.append(
-                        f"{name} {version_text} requires {dep} {text}, "
-                        f"but {dep} has no active version"
-                    )
-                    continue
-                if not _admits(text, parse_version(row.active_version)):
-                    conflicts.append(
-                        f"{name} {version_text} requires {dep} {text}, "
-                        f"but {dep} {row.active_version} is active"
-                    )
-                elif row.disabled:
-                    conflicts.append(
-                        f"{name} {version_text} requires {dep} {text}, "
-                        f"but {dep} is disabled ({row.disabled_reason})"
-                    )
-            for user in self._dependents_in(conn, name):
-                if user.plugin == name:
-                    continue
-                if not _admits(user.range, version):
-                    conflicts.append(
-                        f"{user.plugin} {user.version} requires {name} {user.range}, "
-                        f"which does not admit {name} {version_text}"
-                    )
-            return conflicts
+            return self._conflicts_in(conn, name, version_text, requires)
+
+    def check_activation(self, name: str, version: str) -> ActivationCheck:
+        """The plugin, the version's status and digest, and its dependency conflicts, read in
+        one transaction; ``NotFoundError`` for an unknown plugin or version."""
+        version = str(version)
+        with self._read() as conn:
+            plugin = self._plugin_in(conn, name)
+            row = conn.execute(_Q.version_check, {"b_plugin": name, "b_version": version}).first()
+            if row is None:
+                raise _no_version(name, version)
+            conflicts = self._conflicts_in(
+                conn, name, version, self._requires_in(conn, name, version)
+            )
+        return ActivationCheck(
+            plugin=plugin, version=version, status=VersionStatus(row.status),
+            digest=str(row.digest), conflicts=conflicts,
+        )  # fmt: skip
+
+    def _conflicts_in(
+        self, conn: Connection, name: str, version_text: str, requires: Mapping[str, str]
+    ) -> list[str]:
+        version = parse_version(version_text)
+        conflicts: list[str] = []
+        for dep, text in sorted(requires.items()):
+            if dep == name:
+                continue
+            row = conn.execute(_Q.plugin, {"b_name": dep}).first()
+            if row is None or row.active_version is None:
+                conflicts.append(
+                    f"{name} {version_text} requires {dep} {text}, but {dep} has no active version"
+                )
+                continue
+            if not _admits(text, parse_version(row.active_version)):
+                conflicts.append(
+                    f"{name} {version_text} requires {dep} {text}, "
+                    f"but {dep} {row.active_version} is active"
+                )
+            elif row.disabled:
+                conflicts.append(
+                    f"{name} {version_text} requires {dep} {text}, "
+                    f"but {dep} is disabled ({row.disabled_reason})"
+                )
+        for user in self._dependents_in(conn, name):
+            if user.plugin == name:
+                continue
+            if not _admits(user.range, version):
+                conflicts.append(
+                    f"{user.plugin} {user.version} requires {name} {user.range}, "
+                    f"which does not admit {name} {version_text}"
+                )
+        return conflicts
 
     # ---- jobs -----------------------------------------------------------------------------
     def create_job(
@@ -1020,15 +1136,14 @@ class Registry:
         """
 
         def run(conn: Connection) -> dict[str, Any] | None:
-            row = conn.execute(sa.select(_commands).where(_commands.c.id == command_id)).first()
+            row = conn.execute(_Q.command, {"b_id": command_id}).first()
             if row is not None:
                 outcome = _loads(row.outcome)
                 return None if outcome is None else dict(outcome)
             conn.execute(
-                sa.insert(_commands).values(
-                    id=command_id, kind=kind, params=_dumps(dict(params or {})), outcome=None,
-                    created=_now(), finished=None,
-                )
+                _Q.insert_command,
+                {"b_id": command_id, "b_kind": kind, "b_params": _dumps(dict(params or {})),
+                 "b_now": _now()},
             )  # fmt: skip
             return None
 
@@ -1039,9 +1154,8 @@ class Registry:
 
         def run(conn: Connection) -> None:
             done = conn.execute(
-                sa.update(_commands)
-                .where(_commands.c.id == command_id)
-                .values(outcome=_dumps(dict(outcome)), finished=_now())
+                _Q.finish_command,
+                {"b_id": command_id, "b_outcome": _dumps(dict(outcome)), "b_now": _now()},
             )
             if done.rowcount == 0:
                 raise NotFoundError(
@@ -1053,7 +1167,7 @@ class Registry:
     def get_command(self, command_id: str) -> CommandRecord:
         """One command record; ``NotFoundError("command")`` when absent."""
         with self._read() as conn:
-            row = conn.execute(sa.select(_commands).where(_commands.c.id == command_id)).first()
+            row = conn.execute(_Q.command, {"b_id": command_id}).first()
         if row is None:
             raise NotFoundError(
                 "command", f"command {command_id!r} was never recorded", command_id=command_id
@@ -1098,76 +1212,57 @@ class Registry:
         reason: str,
     ) -> EventRecord:
         row = conn.execute(
-            sa.insert(_events)
-            .values(
-                plugin=plugin, kind=kind, from_version=from_version, to_version=to_version,
-                outcome=outcome, reason=reason, at=_now(),
-            )
-            .returning(*_events.c)
+            _Q.event,
+            {"b_plugin": plugin, "b_kind": kind, "b_from": from_version, "b_to": to_version,
+             "b_outcome": outcome, "b_reason": reason, "b_at": _now()},
         ).one()  # fmt: skip
         return _event_record(row)
 
     def _plugin_in(self, conn: Connection, name: str, lock: bool = False) -> PluginRecord:
-        query = sa.select(_plugins).where(_plugins.c.name == name)
-        if lock:
-            query = query.with_for_update()
-        row = conn.execute(query).first()
+        row = conn.execute(_Q.plugin_locked if lock else _Q.plugin, {"b_name": name}).first()
         if row is None:
             raise NotFoundError("plugin", f"no plugin named {name!r}", plugin=name)
         return _plugin_record(row)
 
     def _version_in(self, conn: Connection, name: str, version: str) -> VersionRecord:
-        row = conn.execute(
-            sa.select(_versions).where(_versions.c.plugin == name, _versions.c.version == version)
-        ).first()
+        row = conn.execute(_Q.version, {"b_plugin": name, "b_version": version}).first()
         if row is None:
-            raise NotFoundError(
-                "version", f"plugin {name!r} has no version {version!r}",
-                plugin=name, version=version,
-            )  # fmt: skip
+            raise _no_version(name, version)
         return self._to_version(conn, row)
 
+    def _requires_in(self, conn: Connection, name: str, version: str) -> dict[str, str]:
+        edges = conn.execute(_Q.requires, {"b_plugin": name, "b_version": version}).all()
+        return {e.requires_name: e.range for e in edges}
+
     def _to_version(self, conn: Connection, row: Any) -> VersionRecord:
-        edges = conn.execute(
-            sa.select(_requires.c.requires_name, _requires.c.range).where(
-                _requires.c.plugin == row.plugin, _requires.c.version == row.version
-            )
-        ).all()
         return VersionRecord(
             plugin=row.plugin, version=row.version, status=VersionStatus(row.status),
             digest=row.digest, keyid=row.keyid, profile=row.profile, entrypoint=row.entrypoint,
             meta=_loads(row.meta), report=_loads(row.report),
-            requires={e.requires_name: e.range for e in edges},
+            requires=self._requires_in(conn, row.plugin, row.version),
             review_by=row.review_by, review_reason=row.review_reason,
             review_at=_ts(row.review_at), created=_ts_req(row.created),
             updated=_ts_req(row.updated),
         )  # fmt: skip
 
     def _job_in(self, conn: Connection, job_id: str) -> JobRecord:
-        row = conn.execute(sa.select(_jobs).where(_jobs.c.id == job_id)).first()
+        row = conn.execute(_Q.job, {"b_id": job_id}).first()
         if row is None:
             raise NotFoundError("job", f"no job with id {job_id!r}", job_id=job_id)
         return _job_record(row)
 
     def _dependents_in(self, conn: Connection, name: str) -> list[Dependent]:
-        rows = conn.execute(
-            sa.select(_plugins.c.name, _plugins.c.active_version, _requires.c.range)
-            .select_from(
-                _plugins.join(
-                    _requires,
-                    sa.and_(
-                        _requires.c.plugin == _plugins.c.name,
-                        _requires.c.version == _plugins.c.active_version,
-                    ),
-                )
-            )
-            .where(_requires.c.requires_name == name)
-            .order_by(_plugins.c.name)
-        ).all()
+        rows = conn.execute(_Q.dependents, {"b_name": name}).all()
         return [Dependent(r.name, r.active_version, r.range) for r in rows]
 
 
 # ---- helpers -------------------------------------------------------------------------------
+
+
+def _no_version(name: str, version: str) -> NotFoundError:
+    return NotFoundError(
+        "version", f"plugin {name!r} has no version {version!r}", plugin=name, version=version
+    )
 
 
 def _not_newer(name: str, version: str, highest: str) -> VersionError:

@@ -303,6 +303,42 @@ def test_check_dependencies_of_a_new_meta_reports_unmet_requires(reg: Registry) 
     ]
 
 
+def test_check_activation_reads_status_digest_and_conflicts_in_one_go(reg: Registry) -> None:
+    add(reg, "formatter", "1.0.0")
+    add(reg, "formatter", "2.0.0", status=VersionStatus.review)
+    add(reg, "greeter", "1.0.0", formatter=">=1.0,<2")
+    reg.activate("formatter", "1.0.0")
+    reg.activate("greeter", "1.0.0")
+    check = reg.check_activation("formatter", "2.0.0")
+    assert (check.version, check.status, check.digest) == (
+        "2.0.0", VersionStatus.review, digest("formatter", "2.0.0"),
+    )  # fmt: skip
+    assert check.plugin.active_version == "1.0.0"
+    assert check.conflicts == reg.check_dependencies(("formatter", "2.0.0"))
+    assert len(check.conflicts) == 1 and "greeter 1.0.0 requires formatter" in check.conflicts[0]
+    assert reg.check_activation("greeter", "1.0.0").conflicts == []
+    with pytest.raises(NotFoundError) as info:
+        reg.check_activation("formatter", "9.0.0")
+    assert info.value.code == "not_found.version"
+
+
+def test_switch_active_returns_the_version_it_replaced(reg: Registry) -> None:
+    add(reg, "p", "1.0.0")
+    add(reg, "p", "1.1.0")
+    add(reg, "p", "1.2.0", status=VersionStatus.review)
+    assert reg.switch_active("p", "1.0.0") is None
+    assert reg.switch_active("p", "1.1.0") == "1.0.0"
+    assert reg.switch_active("p", "1.1.0") == "1.1.0"  # already active: nothing changes
+    plugin = reg.get_plugin("p")
+    assert (plugin.active_version, plugin.previous_version) == ("1.1.0", "1.0.0")
+    assert reg.get_version("p", "1.0.0").status is VersionStatus.retired
+    with pytest.raises(ConflictError) as info:
+        reg.switch_active("p", "1.2.0")
+    assert info.value.code == "conflict.not_activatable"
+    assert reg.get_plugin("p").active_version == "1.1.0"
+    assert [e.kind for e in reg.list_events(plugin="p")][:2] == ["activated", "activated"]
+
+
 # ---- jobs, commands, events ----------------------------------------------------------------------
 
 
