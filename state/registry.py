@@ -25,6 +25,7 @@ import enum
 import json
 import os
 import random
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -559,7 +560,7 @@ class Registry:
             cur = dbapi_conn.cursor()
             try:
                 cur.execute(f"PRAGMA busy_timeout = {busy_ms}")
-                cur.execute("PRAGMA journal_mode = WAL")
+                _enable_wal(cur, lock_timeout)
                 cur.execute("PRAGMA synchronous = FULL")
                 cur.execute("PRAGMA foreign_keys = ON")
             finally:
@@ -1273,6 +1274,26 @@ def _not_newer(name: str, version: str, highest: str) -> VersionError:
         "through the backups)",
         plugin=name, version=version, highest=highest,
     )  # fmt: skip
+
+
+def _enable_wal(cur: Any, timeout: float) -> None:
+    """Put the database in WAL mode (persistent in the file), waiting out other openers.
+
+    Switching a new file to WAL needs an exclusive lock, and SQLite answers "database is
+    locked" at once instead of honouring busy_timeout: when daemon, worker and API open
+    a fresh state directory together (``plugvisor up``), all but one would fail.
+    """
+    if str(cur.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+        return  # the common case: no lock needed
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.005 + 0.01 * random.random())  # noqa: S311 -- jitter only
 
 
 def _precreate(path: Path) -> None:
