@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from plugvisor.core.errors import ApiError, PluginRuntimeError, error_from_dict
-from plugvisor.daemon.protocol import ProtocolError, encode_request, recv_frame, send_frame
+from plugvisor.daemon.protocol import FrameStream, ProtocolError, encode_request, send_frame
 
 __all__ = ["Client", "parse_envelope"]
 
@@ -75,9 +75,16 @@ class Client:
             self._all.append(sock)
         return sock
 
+    def _open(self) -> socket.socket:
+        """Connect this thread (its connection and the frame buffer that goes with it)."""
+        sock = self._local.sock = self._connect()
+        self._local.frames = FrameStream(sock)
+        return sock
+
     def _drop(self) -> None:
         sock: socket.socket | None = getattr(self._local, "sock", None)
         self._local.sock = None
+        self._local.frames = None
         if sock is not None:
             with self._lock:
                 if sock in self._all:
@@ -106,7 +113,7 @@ class Client:
         sock: socket.socket | None = getattr(self._local, "sock", None)
         reused = sock is not None
         if sock is None:
-            sock = self._local.sock = self._connect()
+            sock = self._open()
         try:
             send_frame(sock, payload)
         except OSError:
@@ -115,10 +122,11 @@ class Client:
             self._drop()
             if not reused:
                 raise PluginRuntimeError("unavailable", "daemon closed the connection") from None
-            sock = self._local.sock = self._connect()
+            sock = self._open()
             send_frame(sock, payload)
         try:
-            envelope = recv_frame(sock)
+            frames: FrameStream = self._local.frames
+            envelope = frames.read()
         except TimeoutError as exc:
             self._drop()  # the stream is out of step now
             raise PluginRuntimeError(

@@ -24,10 +24,10 @@ from pathlib import Path
 from plugvisor.core.errors import PluginRuntimeError, StateError
 from plugvisor.core.log import get_logger
 from plugvisor.daemon.protocol import (
+    FrameStream,
     ProtocolError,
     decode_request,
     error_envelope,
-    recv_frame,
     send_frame,
 )
 
@@ -56,6 +56,7 @@ class CallServer:
         self._idle = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
         self._ids = 0
+        self._draining = False
 
     def start(self) -> None:
         """Bind (replacing a stale socket file) and start the accept thread."""
@@ -101,10 +102,11 @@ class CallServer:
             ).start()
 
     def _serve(self, conn: socket.socket) -> None:
+        frames = FrameStream(conn)
         try:
             while True:
                 try:
-                    payload = recv_frame(conn)
+                    payload = frames.read()
                 except (OSError, ProtocolError) as exc:
                     if self._accepting.is_set():
                         _log.debug("client_connection_closed", error=str(exc))
@@ -129,7 +131,8 @@ class CallServer:
                     with self._lock:
                         if conn in self._conns:
                             self._conns[conn] = False
-                        self._idle.notify_all()
+                        if self._draining:  # nobody waits for idle connections otherwise
+                            self._idle.notify_all()
                 if not self._accepting.is_set():
                     return  # answered the last call; the daemon is stopping
         finally:
@@ -166,6 +169,7 @@ class CallServer:
         """Wait until no call is in progress (or ``timeout``); close every connection."""
         deadline = time.monotonic() + timeout
         with self._lock:
+            self._draining = True
             while any(self._conns.values()) and time.monotonic() < deadline:
                 self._idle.wait(max(0.001, deadline - time.monotonic()))
             drained = not any(self._conns.values())

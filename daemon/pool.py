@@ -48,6 +48,9 @@ class Host(Protocol):
     def alive(self) -> bool: ...
 
     @property
+    def usable(self) -> bool: ...
+
+    @property
     def pid(self) -> int: ...
 
     def health(self) -> bool: ...
@@ -238,7 +241,9 @@ class HostPool:
 
     def release(self, host: Host, code: str | None) -> None:
         """Give ``host`` back after a call that ended with ``code`` (``None`` = ok)."""
-        alive = host.alive
+        # A host that has just answered is running unless it was condemned meanwhile
+        # (``usable``, no syscall); after an error its process is asked (``alive``).
+        alive = host.usable if code is None else host.alive
         with self._cond:
             self.busy.discard(host)
             self.calls += 1
@@ -249,7 +254,8 @@ class HostPool:
                 self.idle_since[id(host)] = time.monotonic()
                 if code is None:
                     self._backoff.succeeded()
-            self._cond.notify_all()
+            if self.waiting or self.closed:  # queued callers, or close() draining
+                self._cond.notify_all()
         if not alive:
             # Hosts stopped by close() past the drain deadline did not crash.
             crashed = not self.closed and (

@@ -22,6 +22,7 @@ from typing import Any
 
 __all__ = [
     "MAX_FRAME_BYTES",
+    "FrameStream",
     "ProtocolError",
     "decode_request",
     "encode_request",
@@ -73,6 +74,46 @@ def recv_frame(sock: socket.socket, max_bytes: int = MAX_FRAME_BYTES) -> bytes |
     if body is None:
         raise ProtocolError("connection closed after a frame header")
     return body
+
+
+class FrameStream:
+    """Buffered frames of one stream connection: one ``recv`` usually yields a whole frame
+    (:func:`recv_frame` needs two, header then body, as it may not read past its frame).
+
+    The buffer never holds more than one frame of at most ``max_bytes`` plus one chunk,
+    checked on the length prefix before the body is read. After :class:`ProtocolError`
+    the stream is out of step: drop the connection.
+    """
+
+    __slots__ = ("buf", "max_bytes", "scratch", "sock")
+
+    def __init__(self, sock: socket.socket, max_bytes: int = MAX_FRAME_BYTES) -> None:
+        self.sock = sock
+        self.max_bytes = max_bytes
+        self.buf = bytearray()
+        self.scratch = memoryview(bytearray(65536))
+
+    def read(self) -> bytes | None:
+        """The next frame's payload; ``None`` on a clean end of stream between frames."""
+        buf = self.buf
+        while True:
+            if len(buf) >= _LEN.size:
+                (size,) = _LEN.unpack_from(buf)
+                if size > self.max_bytes:
+                    raise ProtocolError(
+                        f"frame of {size} bytes exceeds the limit of {self.max_bytes}"
+                    )
+                end = _LEN.size + size
+                if len(buf) >= end:
+                    payload = bytes(buf[_LEN.size : end])
+                    del buf[:end]
+                    return payload
+            n = self.sock.recv_into(self.scratch)
+            if not n:
+                if buf:
+                    raise ProtocolError(f"connection closed inside a frame ({len(buf)} bytes)")
+                return None
+            buf += self.scratch[:n]
 
 
 def encode_request(name: str, request_id: str, body: bytes) -> bytes:

@@ -46,3 +46,21 @@ def test_usage_after_a_budget_breach(kit: Any) -> None:
     assert isinstance(err, BudgetExceeded) and err.code == "budget.files"
     usage = host.last_usage
     assert usage is not None and usage.files_opened == limit + 1  # the refused open counts
+
+
+def test_usage_frame_is_accepted_only_in_the_runtime_s_exact_form() -> None:
+    """A subverted child's USAGE frame is a protocol violation (the host then kills it)."""
+    import pytest  # noqa: PLC0415
+
+    from plugvisor.daemon.sandbox import host as host_module  # noqa: PLC0415
+
+    parse = host_module._files_opened
+    assert parse(b'{"files_opened":0}') == 0
+    assert parse(b'{"files_opened":51}') == 51
+    for forged in (
+        b'{"files_opened":-1}', b'{"files_opened":01}', b'{"files_opened": 3}',
+        b'{"files_opened":3,"x":1}', b'{"files_opened":3}\n', b'{"files_opened":"3"}',
+        b'{"files_opened":12345678901}', b"", b"[]",
+    ):  # fmt: skip
+        with pytest.raises(host_module._ProtocolViolation):
+            parse(forged)

@@ -15,6 +15,7 @@ from plugvisor.client import parse_envelope
 from plugvisor.core.errors import BudgetExceeded, PluginRuntimeError
 from plugvisor.daemon.notify import Notifier, watchdog_interval
 from plugvisor.daemon.protocol import (
+    FrameStream,
     ProtocolError,
     decode_request,
     encode_request,
@@ -52,6 +53,34 @@ def test_broken_frames_are_refused():
             recv_frame(b)
     with pytest.raises(ProtocolError):
         decode_request(b"\x00\x09ab")
+
+
+def test_frame_stream_splits_coalesced_and_fragmented_frames():
+    a, b = socket.socketpair()
+    with a, b:
+        frames = FrameStream(b, max_bytes=200_000)
+        big = bytes(range(256)) * 600  # 153,600 bytes: several recv chunks
+        # Three frames in one write, then one frame a byte at a time.
+        a.sendall(b"".join(struct.pack(">I", len(p)) + p for p in (b"one", b"", big)))
+        assert [frames.read(), frames.read(), frames.read()] == [b"one", b"", big]
+        for byte in struct.pack(">I", 4) + b"four":
+            a.send(bytes([byte]))
+        assert frames.read() == b"four"
+        a.sendall(struct.pack(">I", 200_001))
+        with pytest.raises(ProtocolError, match="exceeds"):
+            frames.read()
+    a, b = socket.socketpair()
+    with a, b:
+        a.sendall(struct.pack(">I", 3) + b"abc" + struct.pack(">I", 9) + b"par")
+        a.close()
+        frames = FrameStream(b)
+        assert frames.read() == b"abc"
+        with pytest.raises(ProtocolError, match="inside a frame"):
+            frames.read()
+    a, b = socket.socketpair()
+    with a, b:
+        a.close()
+        assert FrameStream(b).read() is None  # clean end between frames
 
 
 def test_envelopes_become_results_or_typed_errors():
