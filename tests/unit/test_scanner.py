@@ -369,3 +369,21 @@ def test_honest_plugins_of_the_sandbox_suite_pass_the_compliance_check(tmp_path:
         if found:
             refused[plugin.name] = [f.to_dict() for f in found]
     assert refused == {}
+
+
+def test_nosec_comments_of_the_uploader_hide_nothing(
+    tmp_path: Path, default_profile: SecurityProfile
+) -> None:
+    """The code and its comments are the uploader's: ``# nosec`` must not drop a finding."""
+    root = _plugin(tmp_path / "p", {
+        "p/__init__.py": """
+            import hashlib
+            def weak(data):
+                return hashlib.md5(data).hexdigest()  # nosec
+            def weak_too(data):
+                return hashlib.md5(data).hexdigest()  # nosec B324
+            """,
+    })  # fmt: skip
+    report = scan_tree(root, default_profile)
+    md5_lines = sorted(f.line for f in report.findings if f.tool == "bandit" and f.rule == "B324")
+    assert md5_lines == [3, 5]
