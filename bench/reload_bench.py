@@ -2,8 +2,9 @@
 
 Run: ``.venv/bin/python -m plugvisor.bench.reload_bench [--reloads N] [--json]``.
 
-For each broker -- the embedded SQLite one, and RabbitMQ when one listens on
-127.0.0.1:5672 (a throw-away vhost is made with ``rabbitmqctl``) -- a real daemon and a
+For each broker -- the embedded SQLite one, and RabbitMQ on 127.0.0.1:5672 (started
+from Debian's rabbitmq-server when installed and not running, stopped again afterwards;
+a throw-away vhost of its own: :mod:`plugvisor.bench.broker`) -- a real daemon and a
 real ``plugvisor worker`` (prefork, one pool process) serve a fresh state directory.
 A plugin with a small ctx.db and N+1 approved versions is made live, then N reload jobs
 run one after the other (each to the next version): the full pipeline, dependency
@@ -32,6 +33,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from plugvisor.bench.broker import BrokerUnavailable, loopback_rabbitmq
 from plugvisor.core.config import Settings, load_settings
 from plugvisor.core.log import configure_logging
 from plugvisor.daemon.control import outcome_result, send_command
@@ -65,20 +67,6 @@ class Plugin:
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def _port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def _ctl(*args: str) -> bool:
-    done = subprocess.run(["rabbitmqctl", "-n", "rabbit@localhost", *args],
-                          capture_output=True, timeout=60, check=False)  # fmt: skip
-    return done.returncode == 0
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], notify: socket.socket, timeout: float) -> None:
@@ -187,21 +175,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     configure_logging("warning", "console", component="bench")  # figures, not job logs
     results = [run_broker("", args.reloads)]
-    if args.no_rabbitmq:
-        pass
-    elif _port_open(5672) and shutil.which("rabbitmqctl"):
-        vhost = f"pv-bench-{uuid.uuid4().hex[:8]}"
-        if _ctl("add_vhost", vhost) and _ctl("set_permissions", "-p", vhost, "guest", ".*",
-                                              ".*", ".*"):  # fmt: skip
-            try:
-                url = f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
-                results.append(run_broker(url, args.reloads))
-            finally:
-                _ctl("delete_vhost", vhost)
-        else:
-            results.append({"broker": "rabbitmq", "skipped": "rabbitmqctl add_vhost failed"})
-    else:
-        results.append({"broker": "rabbitmq", "skipped": "no RabbitMQ on 127.0.0.1:5672"})
+    if not args.no_rabbitmq:
+        try:
+            with loopback_rabbitmq("pv-bench") as url:
+                if url.endswith("/"):
+                    results.append({"broker": "rabbitmq", "skipped": "rabbitmqctl add_vhost "
+                                    "failed"})  # fmt: skip
+                else:
+                    results.append(run_broker(url, args.reloads))
+        except BrokerUnavailable as exc:
+            results.append({"broker": "rabbitmq", "skipped": str(exc)})
     if args.json:
         print(json.dumps({"reload_latency": results, "goal_p50_ms": 500}))
         return 0

@@ -34,6 +34,7 @@ import pytest
 from kombu.connection import Connection as KombuConnection
 from kombu.exceptions import KombuError
 
+from plugvisor.bench.broker import rabbitmqctl
 from plugvisor.client import Client
 from plugvisor.core.archive import pack
 from plugvisor.core.config import Settings, load_settings
@@ -656,7 +657,6 @@ def test_rabbitmq_restart_mid_job_loses_no_job(rig: Rig) -> None:
 
 
 def _rabbitmqctl(command: str) -> None:
-    done = subprocess.run(["rabbitmqctl", "-n", "rabbit@localhost", command],
-                          capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    done = rabbitmqctl(command)
     if done.returncode != 0:
         pytest.fail(f"rabbitmqctl {command} failed: {done.stderr}")
