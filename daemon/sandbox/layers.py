@@ -106,18 +106,21 @@ _NETNS_PROBE = (
 )
 
 
-@functools.cache  # the kernel's answer does not change while we run
-def _probe_netns() -> str:
+def _probe(*args: str) -> subprocess.CompletedProcess[str] | str:
+    """Run ``python ARGS`` in a throw-away interpreter; why it could not run, as a string."""
     try:
-        proc = subprocess.run(
-            [sys.executable, "-I", "-S", "-c", _NETNS_PROBE],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
+        return subprocess.run(
+            [sys.executable, *args], capture_output=True, text=True, timeout=10, check=False
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"probe failed: {exc}"
+
+
+@functools.cache  # the kernel's answer does not change while we run
+def _probe_netns() -> str:
+    proc = _probe("-I", "-S", "-c", _NETNS_PROBE)
+    if isinstance(proc, str):
+        return proc
     if proc.returncode != 0:
         return f"probe failed: {proc.stderr.strip()[-200:]}"
     return f"unshare(CLONE_NEWNET) refused: {proc.stdout}" if proc.stdout else ""
@@ -137,16 +140,9 @@ def _seccomp_reason() -> str:
 def _probe_libseccomp() -> str:
     """'' when pyseccomp loads libseccomp here; probed in a throw-away interpreter, so the
     daemon never carries the bindings (the template's helper compiles the filter)."""
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-I", "-c", "import pyseccomp"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"probe failed: {exc}"
+    proc = _probe("-I", "-c", "import pyseccomp")
+    if isinstance(proc, str):
+        return proc
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
         return f"pyseccomp/libseccomp unusable: {last[-200:]}"
