@@ -7,8 +7,8 @@ threads (logging, import lock, allocator) and every open fd and secret in memory
 (registry connections, keys). An exec'd template starts from nothing, imports exactly the
 runtime and the default profile's standard library once, opens the read-only O_PATH handles
 while root, has the seccomp BPF compiled by a throw-away child (libseccomp stays out), and
-stays single-threaded -- so a fork of *it* is safe and
-cheap (the children share its warm pages). ``-I`` keeps the venv (``pyvenv.cfg``) but
+stays single-threaded -- so a fork of *it* is safe and cheap (the children share its warm
+pages). ``-I`` keeps the venv (``pyvenv.cfg``) but
 ignores ``PYTHON*`` variables and the user site; the ~60 ms interpreter start is paid once.
 
 Control channel: a ``SOCK_SEQPACKET`` socketpair (message boundaries keep each request
@@ -53,8 +53,9 @@ __all__ = ["RUNTIME_PRELOAD", "import_modules", "main"]
 #: parent names on the command line): what the runtime needs after the lock-down (lazy
 #: imports of the stdlib, codecs looked up by name, C extensions whose shared libraries sit
 #: outside the Landlock rules). A profile's other modules are imported by its child before
-#: the lock-down (:func:`import_modules` in the child), so every plugin process carries only what
-#: its own profile allows, not the union of all profiles (trusted's network stack is ~8 MB).
+#: the lock-down (:func:`import_modules` in the child), so every plugin process carries only
+#: what its own profile allows, not the union of all profiles (trusted's network stack is
+#: ~8 MB).
 RUNTIME_PRELOAD = (
     "json", "decimal", "zoneinfo", "hashlib", "_strptime", "locale", "encodings.idna",
     "encodings.utf_16", "encodings.utf_32", "encodings.latin_1", "encodings.ascii",
