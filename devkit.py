@@ -11,7 +11,7 @@ sandbox saw, in the ``"<class>: <what>, <file>:<line>"`` words of the audit laye
 
 :func:`check_directory` is ``plugvisor dev check``: the package rules (by packing to a
 temporary archive with a throw-away key and running :func:`~plugvisor.core.archive.check_archive`
-on it) and the upload scan (:func:`~plugvisor.workers.scanner.scan_tree` on the extracted
+on it) and the upload scan (:func:`~plugvisor.scan.scanner.scan_tree` on the extracted
 tree, the same call the upload pipeline makes), judged with the same threshold.
 """
 
@@ -44,7 +44,7 @@ from plugvisor.core.fs import remove_tree
 from plugvisor.core.manifest import PluginMeta, parse_plugin_yaml
 from plugvisor.core.profile import SecurityProfile, load_profile
 from plugvisor.core.signing import generate_keypair, load_public_key
-from plugvisor.daemon.sandbox import HostSpec, PluginHost, Spawner
+from plugvisor.sandbox import HostSpec, PluginHost, Spawner
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.security_log import SecurityLog
 
@@ -393,7 +393,7 @@ def check_directory(plugin_dir: Path | str, settings: Settings | None = None) ->
     ``scan_review_severity``) or ``approved``.
     """
     # Imported here: Bandit is a second of imports a dev run does not need.
-    from plugvisor.workers.scanner import Severity, scan_tree  # noqa: PLC0415
+    from plugvisor.scan.scanner import Severity, scan_tree  # noqa: PLC0415
 
     settings = settings or load_settings({})
     src = Path(plugin_dir).resolve()

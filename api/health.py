@@ -112,7 +112,7 @@ def _layers(svc: ApiServices) -> dict[str, Any]:
     cached = svc.cache.get("layers")
     if cached is not None and time.monotonic() - cached[0] < _LAYERS_TTL_S:
         return dict(cached[1])
-    from plugvisor.daemon.sandbox import detect_layers  # noqa: PLC0415
+    from plugvisor.sandbox import detect_layers  # noqa: PLC0415
 
     try:
         layers: dict[str, Any] = detect_layers(svc.settings.sandbox_user).to_dict()

@@ -97,7 +97,7 @@ def raw_echo(n: int) -> tuple[dict[str, Any], list[float]]:
 def direct_host(layout: StateLayout, settings: Any, n: int) -> dict[str, Any]:
     """The same plugin in a sandboxed host called in-process (no daemon, no client hop)."""
     from plugvisor.core.profile import load_profile  # noqa: PLC0415
-    from plugvisor.daemon.sandbox import HostSpec, Spawner  # noqa: PLC0415
+    from plugvisor.sandbox import HostSpec, Spawner  # noqa: PLC0415
     from plugvisor.state.registry import Registry  # noqa: PLC0415
 
     with Registry(layout) as reg:
@@ -338,7 +338,7 @@ def scale(calls: int, swaps: int, broker_polling: float = 0.05) -> dict[str, Any
     Swap latency is the in-daemon ``took_ms`` of swapping ``base`` between two versions
     while 0, 5 and 20 active plugins require it (each swap re-checks their ranges).
     """
-    from plugvisor.bench.procs import rss_bytes, uss_bytes  # noqa: PLC0415
+    from plugvisor.tests.support.procs import rss_bytes, uss_bytes  # noqa: PLC0415
 
     d = DaemonProc(broker_polling, concurrency=1)
     out: dict[str, Any] = {"calls": {}, "swaps": {}}

@@ -4,7 +4,7 @@ Run: ``.venv/bin/python -m plugvisor.bench.reload_bench [--reloads N] [--json]``
 
 For each broker -- the embedded SQLite one, and RabbitMQ on 127.0.0.1:5672 (started
 from Debian's rabbitmq-server when installed and not running, stopped again afterwards;
-a throw-away vhost of its own: :mod:`plugvisor.bench.broker`) -- a real daemon and a
+a throw-away vhost of its own: :mod:`plugvisor.tests.support.rabbitmq`) -- a real daemon and a
 real ``plugvisor worker`` (prefork, one pool process) serve a fresh state directory.
 A plugin with a small ctx.db and N+1 approved versions is made live, then N reload jobs
 run one after the other (each to the next version): the full pipeline, dependency
@@ -33,13 +33,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from plugvisor.bench.broker import BrokerUnavailable, loopback_rabbitmq
 from plugvisor.core.config import Settings, load_settings
 from plugvisor.core.log import configure_logging
 from plugvisor.daemon.control import outcome_result, send_command
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.registry import JobStatus
 from plugvisor.testing import store_test_version
+from plugvisor.tests.support.rabbitmq import BrokerUnavailable, loopback_rabbitmq
 from plugvisor.workers.jobs import start_job, wait_for_job
 
 __all__ = ["main", "run_broker"]

@@ -26,7 +26,7 @@ from typing import Any
 
 from plugvisor.core.config import load_settings
 from plugvisor.core.profile import load_profile
-from plugvisor.daemon.sandbox import HostSpec, Spawner
+from plugvisor.sandbox import HostSpec, Spawner
 
 __all__ = ["interpreter_start", "main", "measure", "raw_echo"]
 

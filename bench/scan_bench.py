@@ -3,7 +3,7 @@
 Builds a 50-file plugin (the archive limit) of ordinary code with a sprinkling of
 findings, then in the same run measures:
 
-* ``warm scan``: :func:`plugvisor.workers.scanner.scan_tree` in this process after one
+* ``warm scan``: :func:`plugvisor.scan.scanner.scan_tree` in this process after one
   warm-up scan (what a worker pays per upload: Bandit + the compliance walk);
 * ``warm bandit only``: the Bandit part of that scan alone;
 * ``bandit -r``: the ``bandit`` command as a subprocess (what shelling out per upload
@@ -29,7 +29,7 @@ from typing import Any
 from plugvisor.core.config import load_settings
 from plugvisor.core.log import configure_logging
 from plugvisor.core.profile import load_profile
-from plugvisor.workers import scanner
+from plugvisor.scan import scanner
 
 __all__ = ["main", "make_plugin", "measure"]
 

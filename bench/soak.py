@@ -48,7 +48,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from plugvisor.bench.procs import alive, descendants, fd_count, rss_bytes
 from plugvisor.client import Client
 from plugvisor.core.archive import pack
 from plugvisor.core.config import Settings, load_settings
@@ -61,6 +60,7 @@ from plugvisor.state.registry import JobStatus, Registry
 from plugvisor.state.security_log import verify_log
 from plugvisor.state.trust import TrustStore
 from plugvisor.testing import store_test_version
+from plugvisor.tests.support.procs import alive, descendants, fd_count, rss_bytes
 from plugvisor.workers.jobs import start_job, wait_for_job
 
 __all__ = ["SoakReport", "main", "run_soak"]

@@ -26,8 +26,8 @@ def sandbox_check(ctx: CliContext, no_probe: bool, strict: bool) -> None:
     read /etc/passwd, write /tmp, open IP sockets, fork and exec from inside.
     """
     from plugvisor.core.profile import load_profile  # noqa: PLC0415 -- lazy CLI import
-    from plugvisor.daemon.sandbox import detect_layers  # noqa: PLC0415
-    from plugvisor.daemon.sandbox.probe import run_probe  # noqa: PLC0415
+    from plugvisor.sandbox import detect_layers  # noqa: PLC0415
+    from plugvisor.sandbox.probe import run_probe  # noqa: PLC0415
 
     settings = ctx.settings
     detected = detect_layers(settings.sandbox_user)

@@ -3,7 +3,7 @@
 A profile is data (YAML, parsed with ``yaml.safe_load`` only) turned once, at the edge, into
 a frozen :class:`SecurityProfile`. Every layer of the sandbox reads the same object: the OS
 layer takes the limits (``memory_limit``, ``max_execution_time``) and the forbidden
-operation classes, the in-process policy (``daemon/sandbox/policy.py``) takes the import
+operation classes, the in-process policy (``sandbox/policy.py``) takes the import
 list and the audit rules, the static check at upload checks the AST against
 ``allows_call`` and the same operation classes.
 

@@ -31,9 +31,9 @@ from plugvisor.daemon.callserver import CallServer
 from plugvisor.daemon.control import ControlPlane
 from plugvisor.daemon.metrics import DaemonMetrics
 from plugvisor.daemon.notify import Notifier
-from plugvisor.daemon.sandbox import Spawner, detect_layers
 from plugvisor.daemon.supervisor import Supervisor
 from plugvisor.daemon.swap import SwapEngine
+from plugvisor.sandbox import Spawner, detect_layers
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.registry import Registry
 from plugvisor.state.security_log import SecurityLog

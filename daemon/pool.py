@@ -42,7 +42,7 @@ _INTENDED_KILL_PREFIXES = ("budget.", "policy.", "response.")
 
 
 class Host(Protocol):
-    """What the pool needs of a plugin host (:class:`plugvisor.daemon.sandbox.PluginHost`)."""
+    """What the pool needs of a plugin host (:class:`plugvisor.sandbox.PluginHost`)."""
 
     @property
     def alive(self) -> bool: ...

@@ -36,8 +36,8 @@ from plugvisor.core.profile import load_profile
 from plugvisor.daemon.metrics import DaemonMetrics
 from plugvisor.daemon.pool import Host, HostPool, PoolClosed
 from plugvisor.daemon.protocol import error_envelope
-from plugvisor.daemon.sandbox import HostSpec
-from plugvisor.daemon.sandbox.violations import ViolationTracker
+from plugvisor.sandbox import HostSpec
+from plugvisor.sandbox.violations import ViolationTracker
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.registry import Registry
 from plugvisor.state.store import VersionStore

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from plugvisor.bench.broker import BrokerUnavailable, loopback_rabbitmq
+from plugvisor.tests.support.rabbitmq import BrokerUnavailable, loopback_rabbitmq
 
 
 @pytest.fixture(scope="session")
@@ -26,7 +26,7 @@ def rabbitmq_url() -> Iterator[str]:
 
     Concurrent test sessions (and bench runs) share one broker: each gets its own vhost
     (so their daemons never consume each other's commands) and the last one out stops a
-    broker that one of them started (``plugvisor.bench.broker``).
+    broker that one of them started (``plugvisor.tests.support.rabbitmq``).
     """
     with contextlib.ExitStack() as stack:
         try:

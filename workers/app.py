@@ -212,7 +212,7 @@ def run_worker(
         raise ConfigError("invalid_value", f"pool must be prefork or solo, not {pool!r}",
                           setting="pool")  # fmt: skip
     _worker_settings = settings
-    from plugvisor.workers.scanner import warm_up  # noqa: PLC0415
+    from plugvisor.scan.scanner import warm_up  # noqa: PLC0415
 
     warm_up()  # before the pool forks: children inherit Bandit already loaded
     app = get_app(settings)
@@ -237,7 +237,7 @@ def run_worker(
 
 def _init_worker_process(**_: Any) -> None:
     """Each pool process logs as the worker component and has Bandit warm for scans."""
-    from plugvisor.workers.scanner import warm_up  # noqa: PLC0415
+    from plugvisor.scan.scanner import warm_up  # noqa: PLC0415
 
     settings = _worker_settings or load_settings()
     configure_logging(settings.log_level, settings.log_format, component="worker")

@@ -34,6 +34,7 @@ from plugvisor.core.errors import (
 )
 from plugvisor.core.log import get_logger
 from plugvisor.core.profile import load_profile
+from plugvisor.scan.scanner import ScanReport, Severity, scan_tree
 from plugvisor.state.install import install_archive
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.registry import JobStatus, Registry, VersionRecord, VersionStatus
@@ -41,7 +42,6 @@ from plugvisor.workers.app import soft_time_limit
 from plugvisor.workers.jobs import JobFailed, JobRun, Step, open_registry
 from plugvisor.workers.reload import BODIES as RELOAD_BODIES
 from plugvisor.workers.reload import TASKS as RELOAD_TASKS
-from plugvisor.workers.scanner import ScanReport, Severity, scan_tree
 
 if TYPE_CHECKING:
     from celery import Celery

@@ -8,7 +8,7 @@ setup, a false or failing health check, a failed self-test, a crash, and any vio
 budget breach reported while it ran fail the trial with that code; the live plugin and
 its data are never touched.
 
-Each worker process has one :class:`~plugvisor.daemon.sandbox.Spawner` (the template
+Each worker process has one :class:`~plugvisor.sandbox.Spawner` (the template
 process), started on the first trial and closed at ``worker_process_shutdown``.
 """
 
@@ -27,7 +27,7 @@ from plugvisor.core.fs import remove_tree
 from plugvisor.core.log import get_logger
 from plugvisor.core.manifest import parse_plugin_yaml
 from plugvisor.core.profile import load_profile
-from plugvisor.daemon.sandbox import HostSpec, PluginHost, Spawner
+from plugvisor.sandbox import HostSpec, PluginHost, Spawner
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.security_log import SecurityLog
 from plugvisor.state.store import VersionStore

@@ -24,11 +24,11 @@ from typing import Any
 
 import pytest
 
-from plugvisor.bench.procs import alive, descendants, orphan_sandbox_processes
 from plugvisor.core.config import load_settings
 from plugvisor.core.signing import generate_keypair
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.trust import TrustStore
+from plugvisor.tests.support.procs import alive, descendants, orphan_sandbox_processes
 
 HERE = Path(__file__).resolve().parent
 INTEGRATION = HERE.parent / "integration"

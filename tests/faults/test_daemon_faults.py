@@ -19,10 +19,10 @@ from typing import Any
 import psutil
 import pytest
 
-from plugvisor.bench.procs import alive, descendants
 from plugvisor.core.errors import PlugvisorError
 from plugvisor.daemon.control import send_command
 from plugvisor.state.registry import VersionStatus
+from plugvisor.tests.support.procs import alive, descendants
 
 pytestmark = pytest.mark.slow
 

@@ -24,8 +24,8 @@ from typing import Any
 import psutil
 import pytest
 
-from plugvisor.bench.procs import alive, descendants
 from plugvisor.state.registry import JobStatus
+from plugvisor.tests.support.procs import alive, descendants
 from plugvisor.workers.jobs import start_job
 from plugvisor.workers.snapshot import verify_backup
 

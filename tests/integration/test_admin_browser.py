@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from plugvisor.api.testkit import UpStack, pack_greeter
 from plugvisor.client import Client
 from plugvisor.state.layout import StateLayout
+from plugvisor.tests.support.apikit import UpStack, pack_greeter
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")

@@ -25,7 +25,6 @@ from typing import Any
 
 import pytest
 
-from plugvisor.api.testkit import ApiKit, LiveServer
 from plugvisor.cli.remote import JobProgress
 from plugvisor.core.archive import pack
 from plugvisor.core.signing import generate_keypair
@@ -33,6 +32,7 @@ from plugvisor.state.install import install_archive
 from plugvisor.state.registry import JobStatus, VersionStatus
 from plugvisor.state.tokens import TOKENS_FILE, Role, TokenStore
 from plugvisor.state.trust import TrustStore
+from plugvisor.tests.support.apikit import ApiKit, LiveServer
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGVISOR = REPO / ".venv" / "bin" / "plugvisor"

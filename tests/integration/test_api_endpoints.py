@@ -18,13 +18,13 @@ from typing import Any
 
 import pytest
 
-from plugvisor.api.testkit import ApiKit, pack_greeter
 from plugvisor.core.signing import generate_keypair
 from plugvisor.state.install import install_archive
 from plugvisor.state.registry import VersionStatus
 from plugvisor.state.security_log import SecurityLog
 from plugvisor.state.tokens import TOKENS_FILE, Role, TokenStore, hash_token
 from plugvisor.state.trust import TrustStore
+from plugvisor.tests.support.apikit import ApiKit, pack_greeter
 
 
 @pytest.fixture

@@ -20,10 +20,10 @@ from openapi_spec_validator import validate
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT4
 
-from plugvisor.api.testkit import ApiKit
 from plugvisor.state.registry import VersionStatus
 from plugvisor.state.security_log import SecurityLog
 from plugvisor.state.tokens import Role
+from plugvisor.tests.support.apikit import ApiKit
 
 
 @pytest.fixture

@@ -23,9 +23,9 @@ from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402 -- afte
 from hypothesis.errors import Unsatisfiable  # noqa: E402
 from schemathesis.specs.openapi.checks import positive_data_acceptance  # noqa: E402
 
-from plugvisor.api.testkit import ApiKit, LiveServer  # noqa: E402
 from plugvisor.state.registry import VersionStatus  # noqa: E402
 from plugvisor.state.tokens import Role  # noqa: E402
+from plugvisor.tests.support.apikit import ApiKit, LiveServer  # noqa: E402
 
 #: Generated cases per operation and mode: the whole run stays well under a minute.
 MAX_EXAMPLES = 30

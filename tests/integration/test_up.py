@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from plugvisor.api.testkit import UpStack, free_port, pack_greeter, read_until_line
+from plugvisor.tests.support.apikit import UpStack, free_port, pack_greeter, read_until_line
 
 PLUGVISOR = [sys.executable, "-m", "plugvisor"]
 

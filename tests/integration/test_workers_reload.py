@@ -34,7 +34,6 @@ import pytest
 from kombu.connection import Connection as KombuConnection
 from kombu.exceptions import KombuError
 
-from plugvisor.bench.broker import rabbitmqctl
 from plugvisor.client import Client
 from plugvisor.core.archive import pack
 from plugvisor.core.config import Settings, load_settings
@@ -45,6 +44,7 @@ from plugvisor.state.install import install_archive
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.registry import JobRecord, JobStatus, Registry, VersionStatus
 from plugvisor.state.trust import TrustStore
+from plugvisor.tests.support.rabbitmq import rabbitmqctl
 from plugvisor.workers.jobs import start_job, wait_for_job
 from plugvisor.workers.pipelines import recover_stale_jobs
 

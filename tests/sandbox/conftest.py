@@ -31,9 +31,9 @@ from plugvisor.state.layout import StateLayout
 # Missing modules make every test skip loudly, naming the module, instead of erroring.
 _IMPORT_ERRORS: list[str] = []
 try:
-    from plugvisor.daemon.sandbox import HostSpec, Spawner, detect_layers
+    from plugvisor.sandbox import HostSpec, Spawner, detect_layers
 except ImportError as exc:
-    _IMPORT_ERRORS.append(f"plugvisor.daemon.sandbox (HostSpec/Spawner) missing: {exc}")
+    _IMPORT_ERRORS.append(f"plugvisor.sandbox (HostSpec/Spawner) missing: {exc}")
 try:
     from plugvisor.state.security_log import SecurityLog
 except ImportError as exc:

@@ -15,8 +15,8 @@ from plugvisor.core.profile import load_profile
 
 #: Never in a plugin process: the parent side of the sandbox and what it stands on.
 PARENT_SIDE = (
-    "plugvisor.daemon.sandbox.host",
-    "plugvisor.daemon.sandbox.monitor",
+    "plugvisor.sandbox.host",
+    "plugvisor.sandbox.monitor",
     "plugvisor.core.log",
     "psutil",
     "structlog",
@@ -35,7 +35,7 @@ def test_default_plugin_process_holds_no_parent_side_and_no_other_profiles_modul
     # OS layers only: the in-process policy (rightly) keeps a plugin away from sys.modules.
     host = kit.spawn("diag_modules", spawner=os_only_spawner)
     modules = set(host.call({}, timeout=10.0))
-    assert "plugvisor.daemon.sandbox.child" in modules  # the runtime is there: a real answer
+    assert "plugvisor.sandbox.child" in modules  # the runtime is there: a real answer
     assert "json" in modules and "decimal" in modules  # the default profile's preload
     assert sorted(modules.intersection(PARENT_SIDE)) == []
     assert sorted(modules.intersection(TRUSTED_ONLY)) == []

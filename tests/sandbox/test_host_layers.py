@@ -22,8 +22,8 @@ from click.testing import CliRunner
 from plugvisor.cli import cli
 from plugvisor.core.config import Settings, load_settings
 from plugvisor.core.profile import load_profile
-from plugvisor.daemon.sandbox import HostSpec, Spawner, detect_layers
-from plugvisor.daemon.sandbox.probe import proc_status, run_probe
+from plugvisor.sandbox import HostSpec, Spawner, detect_layers
+from plugvisor.sandbox.probe import proc_status, run_probe
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux sandbox only")
 

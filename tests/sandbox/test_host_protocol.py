@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import pytest
 
 from plugvisor.core.errors import SandboxError
-from plugvisor.daemon.sandbox.host import _ForgedReply, _parse_reply
-from plugvisor.daemon.sandbox.protocol import (
+from plugvisor.sandbox.host import _ForgedReply, _parse_reply
+from plugvisor.sandbox.protocol import (
     HEADER,
     PROTOCOL_VERSION,
     FrameReader,

@@ -29,9 +29,9 @@ import structlog
 from plugvisor.core.config import Settings, load_settings
 from plugvisor.core.errors import BudgetExceeded, PluginRuntimeError, PlugvisorError
 from plugvisor.core.profile import SecurityProfile, load_profile
-from plugvisor.daemon.sandbox import HostSpec, PluginHost, Spawner
-from plugvisor.daemon.sandbox.monitor import ResourceMonitor
-from plugvisor.daemon.sandbox.protocol import check_hello
+from plugvisor.sandbox import HostSpec, PluginHost, Spawner
+from plugvisor.sandbox.monitor import ResourceMonitor
+from plugvisor.sandbox.protocol import check_hello
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux sandbox only")
 

@@ -30,7 +30,7 @@ import json, sys
 from pathlib import Path
 from plugvisor.core.config import load_settings
 from plugvisor.core.profile import load_profile
-from plugvisor.daemon.sandbox import HostSpec, Spawner, detect_layers
+from plugvisor.sandbox import HostSpec, Spawner, detect_layers
 
 state = Path(sys.argv[1])
 settings = load_settings({"state_dir": str(state)}, env={})
@@ -70,7 +70,7 @@ def test_service_user_with_ambient_caps_drops_plugins_to_the_sandbox_user() -> N
     uid, gid = _service_ids()
     base = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
     readable = subprocess.run(
-        [*base, sys.executable, "-c", "import plugvisor.daemon.sandbox"],
+        [*base, sys.executable, "-c", "import plugvisor.sandbox"],
         capture_output=True,
         timeout=60,
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from plugvisor.core.errors import BudgetExceeded
-from plugvisor.daemon.sandbox import RequestUsage
+from plugvisor.sandbox import RequestUsage
 
 
 def _usage(host: Any) -> RequestUsage | None:
@@ -52,7 +52,7 @@ def test_usage_frame_is_accepted_only_in_the_runtime_s_exact_form() -> None:
     """A subverted child's USAGE frame is a protocol violation (the host then kills it)."""
     import pytest  # noqa: PLC0415
 
-    from plugvisor.daemon.sandbox import host as host_module  # noqa: PLC0415
+    from plugvisor.sandbox import host as host_module  # noqa: PLC0415
 
     parse = host_module._files_opened
     assert parse(b'{"files_opened":0}') == 0

@@ -23,8 +23,8 @@ import json, os, sys, ctypes, socket, pathlib, importlib.machinery
 from plugvisor.core.config import load_settings
 from plugvisor.core.errors import PlugvisorError
 from plugvisor.core.profile import load_profile
-from plugvisor.daemon.sandbox import policy as policy_module
-from plugvisor.daemon.sandbox.policy import install_policy
+from plugvisor.sandbox import policy as policy_module
+from plugvisor.sandbox.policy import install_policy
 
 root, profile_name, cases = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 data_dir = sys.argv[4] or None
@@ -627,7 +627,7 @@ def test_plugin_cannot_shadow_a_stdlib_module(tmp_path: Path) -> None:
     code = (
         "from plugvisor.core.config import load_settings\n"
         "from plugvisor.core.profile import load_profile\n"
-        "from plugvisor.daemon.sandbox.policy import install_policy\n"
+        "from plugvisor.sandbox.policy import install_policy\n"
         "from plugvisor.core.errors import SandboxError\n"
         f"h = install_policy(load_profile('default', load_settings({{}})), {str(tmp_path)!r},"
         " lambda k, d: None)\n"

@@ -33,8 +33,8 @@ def _modules_after(statement: str) -> set[str]:
         ),
         # The template's package import must not drag the parent side in.
         (
-            "import plugvisor.daemon.sandbox.template",
-            {"plugvisor.daemon.sandbox.host", "structlog", "psutil", "yaml", "pyseccomp"},
+            "import plugvisor.sandbox.template",
+            {"plugvisor.sandbox.host", "structlog", "psutil", "yaml", "pyseccomp"},
         ),
         # Logging set-up alone: structlog without rich.
         ("import plugvisor.core.log", {"rich", "pygments"}),

@@ -6,7 +6,17 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-NOT_PACKAGES = {"tests", "examples", "docs", "scripts", "profiles", "systemd", ".ci", "var"}
+NOT_PACKAGES = {
+    "tests",
+    "bench",
+    "examples",
+    "docs",
+    "scripts",
+    "profiles",
+    "systemd",
+    ".ci",
+    "var",
+}
 
 
 def test_every_package_directory_is_listed_in_pyproject() -> None:

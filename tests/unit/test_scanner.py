@@ -1,4 +1,4 @@
-"""The static scan: Bandit through its API plus the profile compliance walk (workers/scanner.py)."""
+"""The static scan: Bandit through its API plus the profile compliance walk (scan/scanner.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from plugvisor.core.config import load_settings
 from plugvisor.core.errors import StateError
 from plugvisor.core.profile import SecurityProfile, load_profile
-from plugvisor.workers.scanner import Finding, ScanReport, Severity, scan_tree
+from plugvisor.scan.scanner import Finding, ScanReport, Severity, scan_tree
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from plugvisor.daemon.sandbox.violations import ViolationTracker
+from plugvisor.sandbox.violations import ViolationTracker
 
 
 class Clock:

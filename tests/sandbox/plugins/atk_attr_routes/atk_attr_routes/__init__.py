@@ -54,7 +54,7 @@ def _subclasses(route):
             BLOCKED_ATTRIBUTES = ()
             GUARDED_ATTRIBUTES = ("x",)
 
-        Tables.__module__ = "plugvisor.daemon.sandbox.policy"
+        Tables.__module__ = "plugvisor.sandbox.policy"
         try:
             enum.global_enum(Tables)
         except KeyError:

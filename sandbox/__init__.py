@@ -6,7 +6,7 @@ no-new-privs, Landlock, seccomp, in-process policy), watched by a psutil monitor
 ``docs/ARCHITECTURE.md`` for the interface and ``host.py`` for the call path.
 
 The names below are imported on first use (PEP 562): the template
-(``python -I -m plugvisor.daemon.sandbox.template``) imports this package too, and every
+(``python -I -m plugvisor.sandbox.template``) imports this package too, and every
 plugin process forked from it would otherwise carry the parent side (``host.py`` with
 psutil, structlog and the settings) in memory and within reach.
 """
@@ -16,14 +16,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from plugvisor.daemon.sandbox.host import (
+    from plugvisor.sandbox.host import (
         CallOutcome,
         HostSpec,
         PluginHost,
         RequestUsage,
         Spawner,
     )
-    from plugvisor.daemon.sandbox.layers import LayerReport, LayerStatus, detect_layers
+    from plugvisor.sandbox.layers import LayerReport, LayerStatus, detect_layers
 
 __all__ = [
     "CallOutcome",

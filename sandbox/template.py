@@ -1,6 +1,6 @@
 """The sandbox template (zygote): a pre-imported, single-threaded process that forks hosts.
 
-Why exec a fresh interpreter (``python -I -m plugvisor.daemon.sandbox.template``) rather
+Why exec a fresh interpreter (``python -I -m plugvisor.sandbox.template``) rather
 than fork the caller: the caller is typically the daemon, multi-threaded (call socket,
 monitor, kombu consumer), and a fork of a threaded process inherits locks held by other
 threads (logging, import lock, allocator) and every open fd and secret in memory
@@ -40,7 +40,7 @@ import traceback
 from collections.abc import Iterable
 from typing import Any
 
-from plugvisor.daemon.sandbox.protocol import (
+from plugvisor.sandbox.protocol import (
     FrameType,
     SpawnOrder,
     encode_frame,
@@ -80,13 +80,13 @@ def import_modules(names: Iterable[str]) -> None:
 def _preload(profile_modules: Iterable[str]) -> None:
     import_modules({*RUNTIME_PRELOAD, *profile_modules})
     # The runtime itself, so the child never imports plugvisor code after the lock-down.
-    import plugvisor.daemon.sandbox._fallback_policy  # noqa: PLC0415
-    import plugvisor.daemon.sandbox.child  # noqa: PLC0415
-    import plugvisor.daemon.sandbox.lockdown  # noqa: PLC0415
+    import plugvisor.sandbox._fallback_policy  # noqa: PLC0415
+    import plugvisor.sandbox.child  # noqa: PLC0415
+    import plugvisor.sandbox.lockdown  # noqa: PLC0415
 
     # A missing policy module is reported as the "policy" layer missing.
     with contextlib.suppress(ImportError):
-        import plugvisor.daemon.sandbox.policy  # noqa: F401, PLC0415
+        import plugvisor.sandbox.policy  # noqa: F401, PLC0415
 
 
 def _trim_heap() -> None:
@@ -108,7 +108,7 @@ def _send(ctl: socket.socket, msg: dict[str, Any], fds: list[int] | None = None)
 
 class _Template:
     def __init__(self, ctl: socket.socket) -> None:
-        from plugvisor.daemon.sandbox.lockdown import prepare  # noqa: PLC0415
+        from plugvisor.sandbox.lockdown import prepare  # noqa: PLC0415
 
         self.ctl = ctl
         self.res = prepare()
@@ -160,7 +160,7 @@ class _Template:
         return True
 
     def _user(self, name: str) -> tuple[int, int] | None:
-        from plugvisor.daemon.sandbox.lockdown import (  # noqa: PLC0415
+        from plugvisor.sandbox.lockdown import (  # noqa: PLC0415
             can_change_identity,
             resolve_user,
         )
@@ -209,7 +209,7 @@ class _Template:
 def _report_failure(chan_fd: int, rule: str, message: str, hello: bool = False) -> None:
     """Best effort: tell the parent why the child is dying (it logs the trace, callers do
     not see it). ``hello`` first when the child has not said HELLO yet."""
-    from plugvisor.daemon.sandbox.protocol import PROTOCOL_VERSION  # noqa: PLC0415
+    from plugvisor.sandbox.protocol import PROTOCOL_VERSION  # noqa: PLC0415
 
     env = error_envelope(f"sandbox.{rule}", message, trace=traceback.format_exc(limit=8)[-3000:])
     data = encode_frame(FrameType.FAILED, 0, env)
@@ -222,8 +222,8 @@ def _report_failure(chan_fd: int, rule: str, message: str, hello: bool = False) 
 
 def _child_main(order: SpawnOrder, chan_fd: int, res: Any, ids: tuple[int, int] | None) -> int:
     """In the forked child: open handles as root, lock down, then serve the plugin."""
-    from plugvisor.daemon.sandbox.child import ChildConfig, serve  # noqa: PLC0415
-    from plugvisor.daemon.sandbox.lockdown import (  # noqa: PLC0415
+    from plugvisor.sandbox.child import ChildConfig, serve  # noqa: PLC0415
+    from plugvisor.sandbox.lockdown import (  # noqa: PLC0415
         LockdownPlan,
         can_change_identity,
         lock_down,
@@ -293,12 +293,12 @@ def _child_main(order: SpawnOrder, chan_fd: int, res: Any, ids: tuple[int, int] 
 
 
 def _policy_installer(wanted: bool) -> tuple[Any, dict[str, Any]]:
-    from plugvisor.daemon.sandbox._fallback_policy import (  # noqa: PLC0415
+    from plugvisor.sandbox._fallback_policy import (  # noqa: PLC0415
         install_fallback_policy,
     )
 
     try:
-        from plugvisor.daemon.sandbox.policy import install_policy  # noqa: PLC0415
+        from plugvisor.sandbox.policy import install_policy  # noqa: PLC0415
     except ImportError as exc:
         return install_fallback_policy, {
             "available": False,
@@ -319,7 +319,7 @@ def _policy_installer(wanted: bool) -> tuple[Any, dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: ``python -I -m plugvisor.daemon.sandbox.template CONTROL_FD [MODULES]``.
+    """Entry point: ``python -I -m plugvisor.sandbox.template CONTROL_FD [MODULES]``.
 
     ``MODULES``: comma-separated modules to pre-import (the default profile's).
     """
@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     t0 = time.perf_counter()
     _preload(filter(None, args[1].split(",")) if len(args) > 1 else ())
-    from plugvisor.daemon.sandbox.protocol import PROTOCOL_VERSION  # noqa: PLC0415
+    from plugvisor.sandbox.protocol import PROTOCOL_VERSION  # noqa: PLC0415
 
     try:
         tpl = _Template(ctl)

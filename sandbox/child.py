@@ -1,6 +1,6 @@
 """The plugin runtime inside the locked-down child: ctx, setup, the request loop, teardown.
 
-Runs after :func:`~plugvisor.daemon.sandbox.lockdown.lock_down`. Talks to the parent over
+Runs after :func:`~plugvisor.sandbox.lockdown.lock_down`. Talks to the parent over
 the channel only (see ``protocol.py``): one request at a time, every answer a whole
 response envelope. Plugin exceptions become ``plugin.error`` with the exception's type and
 message (no traceback: it would leak runtime internals); ``MemoryError`` becomes
@@ -25,8 +25,8 @@ from json.encoder import encode_basestring_ascii as _json_string
 from typing import Any, Protocol, cast
 
 from plugvisor.core.errors import BudgetExceeded, PlugvisorError
-from plugvisor.daemon.sandbox.lockdown import arm_cpu_limit
-from plugvisor.daemon.sandbox.protocol import (
+from plugvisor.sandbox.lockdown import arm_cpu_limit
+from plugvisor.sandbox.protocol import (
     FRAME_SLACK,
     PROTOCOL_VERSION,
     FrameReader,

@@ -57,7 +57,7 @@ class ApiKit:
         """Build a kit; ``overrides`` are settings (e.g. ``max_upload_bytes=1024``)."""
         if root is None:
             root = Path(tempfile.mkdtemp(dir="/tmp", prefix="pv-api-"))
-            os.chmod(root, 0o755)  # noqa: S103 -- the sandbox user must traverse to versions/
+            os.chmod(root, 0o755)
         # The daemon's metrics endpoint is off unless a test turns it on: a developer's
         # running daemon must not leak into the assertions.
         values: dict[str, Any] = {"state_dir": str(root), "metrics_port": 0, **overrides}

@@ -45,10 +45,10 @@ from plugvisor.core.errors import (
 )
 from plugvisor.core.log import get_logger
 from plugvisor.core.profile import load_profile
-from plugvisor.daemon.sandbox.layers import LayerReport, LayerStatus
-from plugvisor.daemon.sandbox.lockdown import can_change_identity
-from plugvisor.daemon.sandbox.monitor import ResourceMonitor
-from plugvisor.daemon.sandbox.protocol import (
+from plugvisor.sandbox.layers import LayerReport, LayerStatus
+from plugvisor.sandbox.lockdown import can_change_identity
+from plugvisor.sandbox.monitor import ResourceMonitor
+from plugvisor.sandbox.protocol import (
     FRAME_SLACK,
     PROTOCOL_VERSION,
     Frame,
@@ -890,7 +890,7 @@ class Spawner:
         # RLIMIT_AS would count; the children inherit the setting from the template.
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-I", "-m", "plugvisor.daemon.sandbox.template",
+                [sys.executable, "-I", "-m", "plugvisor.sandbox.template",
                  str(child.fileno()), ",".join(sorted(_template_preload(self.settings)))],
                 pass_fds=(child.fileno(),),
                 env=env,

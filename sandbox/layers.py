@@ -152,7 +152,7 @@ def _probe_libseccomp() -> str:
 def detect_layers(sandbox_user: str = "nobody") -> LayerReport:
     """Probe this system: ``available`` (the kernel offers it) and ``active`` (a host started
     from this process will apply it)."""
-    from plugvisor.daemon.sandbox.lockdown import (  # noqa: PLC0415
+    from plugvisor.sandbox.lockdown import (  # noqa: PLC0415
         can_change_identity,
         landlock_abi,
         resolve_user,
@@ -189,7 +189,7 @@ def detect_layers(sandbox_user: str = "nobody") -> LayerReport:
     sec = _seccomp_reason()
     out.append(LayerStatus("seccomp", not sec, not sec, sec or "BPF syscall filter"))
     # Found, not imported: the policy runs in the plugin processes, not in this one.
-    if importlib.util.find_spec("plugvisor.daemon.sandbox.policy") is not None:
+    if importlib.util.find_spec("plugvisor.sandbox.policy") is not None:
         out.append(LayerStatus("policy", True, True, "PEP 578 audit hook + import policy"))
     else:
         out.append(LayerStatus("policy", False, False, "policy module missing"))

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from plugvisor.core.config import Settings
-from plugvisor.daemon.sandbox.host import HostSpec, Spawner
+from plugvisor.sandbox.host import HostSpec, Spawner
 
 __all__ = ["PROBE_SOURCE", "proc_status", "run_probe"]
 
