@@ -44,13 +44,15 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 from plugvisor.core.config import Settings
 from plugvisor.core.errors import ApiError, JobError, PlugvisorError, error_from_dict
 from plugvisor.core.log import get_logger
-from plugvisor.state.layout import StateLayout
+from plugvisor.messaging.broker import CONNECTION_ERRORS as _CONN_ERRORS
+from plugvisor.messaging.broker import FIRST_USE_RACE_ERRORS as _RACE_ERRORS
+from plugvisor.messaging.broker import broker_url, connect
+from plugvisor.messaging.broker import redact as _redact
 from plugvisor.state.registry import Registry
 
 __all__ = [
@@ -90,24 +92,6 @@ _events_queue = Queue(
 
 #: ``(kind, params) -> result``; raises a PlugvisorError to fail the command.
 CommandHandler = Callable[[str, Mapping[str, Any]], Any]
-
-
-def broker_url(settings: Settings) -> str:
-    """The broker URL: ``settings.broker_url`` or the embedded SQLite broker."""
-    if settings.broker_url:
-        return settings.broker_url
-    return f"sqla+sqlite:///{StateLayout(Path(settings.state_dir)).broker_db}"
-
-
-def connect(settings: Settings) -> Any:
-    """A kombu connection to the configured broker (not yet connected)."""
-    url = broker_url(settings)
-    if url.startswith("sqla+"):
-        from kombu.transport import sqlalchemy as sqla_transport  # noqa: PLC0415 -- only here
-
-        # The one way to set it: a transport option would reach create_engine().
-        sqla_transport.Transport.polling_interval = settings.broker_polling_interval
-    return Connection(url, connect_timeout=5)
 
 
 def outcome_result(outcome: Mapping[str, Any]) -> Any:
@@ -406,46 +390,3 @@ class ControlPlane:
             if self._pub_conn is not None:
                 self._pub_conn.release()
                 self._pub_conn = None
-
-
-def _connection_errors() -> tuple[type[Exception], ...]:
-    """OSError plus kombu's and the transports' own error classes."""
-    from kombu.exceptions import KombuError, OperationalError  # noqa: PLC0415
-
-    extra: list[type[Exception]] = [OSError, KombuError, OperationalError]
-    try:
-        from sqlalchemy.exc import SQLAlchemyError  # noqa: PLC0415
-
-        extra.append(SQLAlchemyError)
-    except ImportError:
-        pass
-    try:
-        import amqp  # noqa: PLC0415
-
-        extra.append(amqp.exceptions.AMQPError)
-    except ImportError:
-        pass
-    return tuple(extra)
-
-
-_CONN_ERRORS = _connection_errors()
-
-
-def _race_errors() -> tuple[type[Exception], ...]:
-    # Two processes creating kombu's tables or a queue row at once: "table ... already
-    # exists" (OperationalError), "UNIQUE constraint failed" (IntegrityError).
-    try:
-        from sqlalchemy.exc import IntegrityError, OperationalError  # noqa: PLC0415
-    except ImportError:
-        return ()
-    return (IntegrityError, OperationalError)
-
-
-_RACE_ERRORS = _race_errors()
-
-
-def _redact(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    if "@" in rest:
-        rest = "***@" + rest.split("@", 1)[1]
-    return scheme + sep + rest

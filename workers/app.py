@@ -22,13 +22,13 @@ import threading
 from datetime import datetime, timedelta
 from typing import Any
 
-import kombu.transport.sqlalchemy
 from celery import Celery
 from celery.signals import worker_process_init, worker_ready
 
 from plugvisor.core.config import Settings, load_settings
 from plugvisor.core.errors import ConfigError, PlugvisorError
 from plugvisor.core.log import configure_logging, get_logger
+from plugvisor.messaging.broker import broker_url, result_backend, set_sqlalchemy_polling
 from plugvisor.state.layout import StateLayout
 
 __all__ = [
@@ -51,11 +51,7 @@ class PlugvisorCelery(Celery):  # type: ignore[misc]  # celery ships no type hin
 
 def broker_urls(settings: Settings) -> tuple[str, str]:
     """``(broker_url, result_backend)`` that ``settings`` select."""
-    layout = StateLayout(settings.state_dir)
-    sqlite_results = f"db+sqlite:///{layout.results_db}"
-    if settings.embedded_broker:
-        return f"sqla+sqlite:///{layout.broker_db}", settings.result_backend or sqlite_results
-    return settings.broker_url, settings.result_backend or sqlite_results
+    return broker_url(settings), result_backend(settings)
 
 
 #: Share of ``job_time_limit_s`` after which the soft limit fires; the rest is left to
@@ -150,23 +146,12 @@ def make_celery(settings: Settings) -> PlugvisorCelery:
         }
         # No fanout on this transport: remote control, mingle and gossip need it.
         conf["worker_enable_remote_control"] = False
-        _set_sqlalchemy_polling(settings.broker_polling_interval)
+        set_sqlalchemy_polling(settings.broker_polling_interval)
     app.conf.update(conf)
     from plugvisor.workers.tasks import register_tasks  # noqa: PLC0415 -- tasks import app
 
     register_tasks(app)
     return app
-
-
-def _set_sqlalchemy_polling(interval: float) -> None:
-    """Poll interval of kombu's SQLAlchemy transport (a class attribute: process-wide).
-
-    The transport reads ``polling_interval`` from its class, and passing it as a
-    transport option would reach ``create_engine()`` and fail; one process serves one
-    state directory, so a process-wide value is the right scope. Short intervals cost
-    idle CPU (~6% at 0.05 s on this machine), long ones add latency to every job step.
-    """
-    kombu.transport.sqlalchemy.Transport.polling_interval = interval
 
 
 _apps: dict[Settings, PlugvisorCelery] = {}

@@ -52,6 +52,7 @@ from plugvisor.core.errors import (
 from plugvisor.core.fs import fsync_dir, remove_tree
 from plugvisor.core.semver import parse_version
 from plugvisor.daemon.control import outcome_result, send_command
+from plugvisor.messaging.broker import CONNECTION_ERRORS
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.registry import ACTIVATABLE, Registry, VersionStatus
 from plugvisor.state.store import VersionStore
@@ -182,21 +183,8 @@ def _command_timeout(settings: Settings, job: JobRun) -> float:
     return max(1.0, min(settings.swap_health_timeout_s * 2 + 20.0, left))
 
 
-def _transient_errors() -> tuple[type[BaseException], ...]:
-    """Broker-connection errors worth another try (the command id makes a retry safe)."""
-    from kombu.exceptions import OperationalError  # noqa: PLC0415 -- kombu is untyped
-
-    errors: list[type[BaseException]] = [OSError, OperationalError]
-    try:
-        import amqp  # noqa: PLC0415
-
-        errors.append(amqp.exceptions.ConnectionError)
-    except ImportError:
-        pass
-    return tuple(errors)
-
-
-_TRANSIENT = _transient_errors()
+# The command id makes a retry safe: the daemon answers a repeated id from its record.
+_TRANSIENT = CONNECTION_ERRORS
 
 
 def _command(
