@@ -45,7 +45,7 @@ from plugvisor.core.errors import (
 )
 from plugvisor.core.log import get_logger
 from plugvisor.core.profile import load_profile
-from plugvisor.sandbox.layers import LayerReport, LayerStatus
+from plugvisor.sandbox.layer_status import LayerReport, LayerStatus
 from plugvisor.sandbox.lockdown import can_change_identity
 from plugvisor.sandbox.monitor import ResourceMonitor
 from plugvisor.sandbox.protocol import (

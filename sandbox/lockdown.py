@@ -29,7 +29,7 @@ import zoneinfo
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from plugvisor.sandbox.layers import LayerStatus
+from plugvisor.sandbox.layer_status import LayerStatus
 
 __all__ = [
     "LockdownPlan",
