@@ -37,7 +37,8 @@ from typing import Any
 from plugvisor.client import Client
 from plugvisor.core.config import load_settings
 from plugvisor.core.errors import PlugvisorError
-from plugvisor.daemon.control import send_command
+from plugvisor.messaging.commands import Activate, Status
+from plugvisor.messaging.control import send_command
 from plugvisor.state.layout import StateLayout
 from plugvisor.testing import store_test_version
 
@@ -231,7 +232,7 @@ def swaps_under_load(d: DaemonProc, swaps: int, threads: int) -> dict[str, Any]:
     for i in range(swaps):
         target = "2.0.0" if i % 2 == 0 else "1.0.0"
         t0 = time.perf_counter()
-        outcome = send_command(d.settings, "activate", {"name": "flip", "version": target}, 30)
+        outcome = send_command(d.settings, Activate("flip", target), 30)
         if not outcome.get("ok"):
             raise SystemExit(f"swap failed: {outcome}")
         inside.append(outcome["result"]["took_ms"] / 1000)
@@ -307,14 +308,14 @@ def measure(calls: int, swaps: int, threads: int, broker_polling: float = 0.05) 
 
 
 def _activate(d: DaemonProc, name: str, version: str) -> dict[str, Any]:
-    outcome = send_command(d.settings, "activate", {"name": name, "version": version}, 30)
+    outcome = send_command(d.settings, Activate(name, version), 30)
     if not outcome.get("ok"):
         raise SystemExit(f"activate {name} {version} failed: {outcome}")
     return dict(outcome["result"])
 
 
 def _host_pids(d: DaemonProc) -> dict[str, list[int]]:
-    status = send_command(d.settings, "status", {}, 30)
+    status = send_command(d.settings, Status(), 30)
     plugins = status["result"]["plugins"]
     return {name: list((p.get("pool") or {}).get("pids", [])) for name, p in plugins.items()}
 

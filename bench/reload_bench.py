@@ -35,7 +35,8 @@ from typing import Any
 
 from plugvisor.core.config import Settings, load_settings
 from plugvisor.core.log import configure_logging
-from plugvisor.daemon.control import outcome_result, send_command
+from plugvisor.messaging.commands import Activate
+from plugvisor.messaging.control import outcome_result, send_command
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.registry import JobStatus
 from plugvisor.testing import store_test_version
@@ -132,8 +133,7 @@ def run_broker(broker_url: str, reloads: int) -> dict[str, Any]:
     )  # fmt: skip
     try:
         _wait_ready(daemon, notify, 60)
-        outcome_result(send_command(settings, "activate", {"name": name, "version": versions[0]},
-                                    timeout=30))  # fmt: skip
+        outcome_result(send_command(settings, Activate(name, versions[0]), timeout=30))  # fmt: skip
         latencies: list[float] = []
         steps: dict[str, list[float]] = {}
         for i, version in enumerate(versions[1:]):

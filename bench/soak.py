@@ -53,7 +53,8 @@ from plugvisor.core.archive import pack
 from plugvisor.core.config import Settings, load_settings
 from plugvisor.core.errors import JobError, PlugvisorError
 from plugvisor.core.signing import generate_keypair
-from plugvisor.daemon.control import send_command
+from plugvisor.messaging.commands import Enable, Status
+from plugvisor.messaging.control import send_command
 from plugvisor.state.install import install_archive
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.registry import JobStatus, Registry
@@ -312,9 +313,9 @@ def run_soak(seconds: float, max_jobs: int, seed: int = 1) -> SoakReport:
                     rewinding.clear()
                 jobs += 1
             for bad in BAD_SOURCES:  # disabled by their violations: back in service
-                status = send_command(stack.settings, "status", {}, 30)["result"]["plugins"]
+                status = send_command(stack.settings, Status(), 30)["result"]["plugins"]
                 if status.get(bad, {}).get("state") == "disabled":
-                    send_command(stack.settings, "enable", {"name": bad}, 30)
+                    send_command(stack.settings, Enable(bad), 30)
         stop.set()
         for t in threads:
             t.join(timeout=60)

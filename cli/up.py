@@ -192,10 +192,10 @@ def up(
         stack.start("api", "api", "--host", "127.0.0.1", "--port", str(settings.api_port))
         _wait_http(f"{url}/api/health", stack, timeout=60)
         if version is not None:
-            from plugvisor.daemon.control import outcome_result, send_command  # noqa: PLC0415
+            from plugvisor.messaging.commands import Activate  # noqa: PLC0415
+            from plugvisor.messaging.control import outcome_result, send_command  # noqa: PLC0415
 
-            outcome_result(send_command(settings, "activate", {"name": "greeter",
-                                                               "version": version}))  # fmt: skip
+            outcome_result(send_command(settings, Activate("greeter", version)))  # fmt: skip
         from plugvisor.state.tokens import TOKENS_FILE, TokenStore  # noqa: PLC0415
 
         token = TokenStore(settings.state_dir / TOKENS_FILE).create("admin", label="plugvisor up")

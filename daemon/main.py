@@ -19,20 +19,21 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from plugvisor.core.config import Settings
-from plugvisor.core.errors import ApiError, PlugvisorError, StateError
+from plugvisor.core.errors import PlugvisorError, StateError
 from plugvisor.core.log import configure_logging, get_logger
 from plugvisor.daemon.callserver import CallServer
-from plugvisor.daemon.control import ControlPlane
+from plugvisor.daemon.control import CommandHandlers, ControlPlane
 from plugvisor.daemon.metrics import DaemonMetrics
 from plugvisor.daemon.notify import Notifier
 from plugvisor.daemon.supervisor import Supervisor
 from plugvisor.daemon.swap import SwapEngine
+from plugvisor.messaging.commands import Activate, Disable, Enable, Rollback, Status
 from plugvisor.sandbox import Spawner, detect_layers
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.registry import Registry
@@ -85,7 +86,7 @@ class Daemon:
         sup.start_monitor()
         self.calls = CallServer(self.layout.daemon_socket, sup.dispatch)
         self.calls.start()
-        self.control = ControlPlane(s, self.registry, self.handle_command)
+        self.control = ControlPlane(s, self.registry, self.command_handlers())
         self.control.prepare(timeout=5.0)  # a broker that is down is retried in the background
         sup.sinks.append(self.control.publish_event)
         self.control.start()
@@ -137,34 +138,35 @@ class Daemon:
         if self.supervisor is not None:
             self.supervisor.violation(plugin, version, kind, detail)
 
-    def handle_command(self, kind: str, params: Mapping[str, Any]) -> Any:
-        """Apply one control-plane command (called on the control-plane thread)."""
-        sup, swap = self.supervisor, self.swap
-        assert sup is not None and swap is not None
-        if kind == "status":
-            return {"pid": os.getpid(), "plugins": sup.status()}
-        name = params.get("name")
-        if not isinstance(name, str) or not name:
-            raise ApiError("missing_field", f"{kind} needs params.name", field="name")
-        version = params.get("version")
-        if version is not None and not isinstance(version, str):
-            raise ApiError("invalid_field", "params.version must be a string", field="version")
-        if kind == "activate":
-            if not version:
-                raise ApiError("missing_field", "activate needs params.version", field="version")
-            return swap.activate(name, version)
-        if kind == "rollback":
-            restore = params.get("restore_from")
-            if restore is not None and not isinstance(restore, str):
-                raise ApiError("invalid_field", "params.restore_from must be a string",
-                               field="restore_from")  # fmt: skip
-            return swap.rollback(name, version, restore_from=restore)
-        if kind == "disable":
-            reason = str(params.get("reason") or "disabled by an operator")
-            return sup.disable(name, reason, source="command")
-        if kind == "enable":
-            return sup.enable(name)
-        raise ApiError("invalid_command", f"unknown command kind {kind!r}", kind=kind)
+    # ---- control commands: one handler per messaging.commands class ----------------------
+    def command_handlers(self) -> CommandHandlers:
+        """The handler of every control command (the control plane dispatches by class)."""
+        return {
+            Status: self._status,
+            Activate: self._activate,
+            Rollback: self._rollback,
+            Disable: self._disable,
+            Enable: self._enable,
+        }
+
+    def _parts(self) -> tuple[Supervisor, SwapEngine]:
+        assert self.supervisor is not None and self.swap is not None  # set by start()
+        return self.supervisor, self.swap
+
+    def _status(self, _cmd: Status) -> dict[str, Any]:
+        return {"pid": os.getpid(), "plugins": self._parts()[0].status()}
+
+    def _activate(self, cmd: Activate) -> Any:
+        return self._parts()[1].activate(cmd.name, cmd.version)
+
+    def _rollback(self, cmd: Rollback) -> Any:
+        return self._parts()[1].rollback(cmd.name, cmd.version, restore_from=cmd.restore_from)
+
+    def _disable(self, cmd: Disable) -> Any:
+        return self._parts()[0].disable(cmd.name, cmd.reason, source="command")
+
+    def _enable(self, cmd: Enable) -> Any:
+        return self._parts()[0].enable(cmd.name)
 
     # ---- run / stop -----------------------------------------------------------------------
     def run(self) -> None:

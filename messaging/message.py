@@ -73,8 +73,15 @@ class MessageFamily(Generic[M]):
 
 
 def required_str(data: Mapping[str, Any], key: str, what: str = "") -> str:
-    """``data[key]`` as a non-empty string, or ``ApiError("invalid_field", field=key)``."""
+    """``data[key]`` as a non-empty string.
+
+    Absent or null: ``ApiError("missing_field")``; anything else that is not a non-empty
+    string: ``ApiError("invalid_field")``. Both name the field.
+    """
     value = data.get(key)
+    if value is None:
+        raise ApiError("missing_field", f"{key} is required" + (f" ({what})" if what else ""),
+                       field=key)  # fmt: skip
     if not isinstance(value, str) or not value:
         raise ApiError("invalid_field", f"{key} must be a non-empty string"
                        + (f" ({what})" if what else ""), field=key)  # fmt: skip
@@ -82,7 +89,7 @@ def required_str(data: Mapping[str, Any], key: str, what: str = "") -> str:
 
 
 def optional_str(data: Mapping[str, Any], key: str, what: str = "") -> str | None:
-    """``data[key]`` as a non-empty string or None when absent or null."""
+    """``data[key]`` as a non-empty string, or None when absent or null."""
     if data.get(key) is None:
         return None
     return required_str(data, key, what)

@@ -51,8 +51,9 @@ from plugvisor.core.errors import (
 )
 from plugvisor.core.fs import fsync_dir, remove_tree
 from plugvisor.core.semver import parse_version
-from plugvisor.daemon.control import outcome_result, send_command
 from plugvisor.messaging.broker import CONNECTION_ERRORS
+from plugvisor.messaging.commands import Activate, Command, Rollback
+from plugvisor.messaging.control import outcome_result, send_command
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.registry import ACTIVATABLE, Registry, VersionStatus
 from plugvisor.state.store import VersionStore
@@ -187,9 +188,7 @@ def _command_timeout(settings: Settings, job: JobRun) -> float:
 _TRANSIENT = CONNECTION_ERRORS
 
 
-def _command(
-    settings: Settings, job: JobRun, kind: str, params: dict[str, Any], command_id: str
-) -> dict[str, Any]:
+def _command(settings: Settings, job: JobRun, command: Command, command_id: str) -> dict[str, Any]:
     """Send one control-plane command and return its result, retrying lost connections.
 
     A broken broker connection (RabbitMQ restarting, a dropped socket) is retried with
@@ -200,15 +199,15 @@ def _command(
     while True:
         timeout = _command_timeout(settings, job)
         try:
-            outcome = send_command(settings, kind, params, timeout=timeout, command_id=command_id)
+            outcome = send_command(settings, command, timeout=timeout, command_id=command_id)
         except _TRANSIENT as exc:
             left = soft_time_limit(settings) - (time.monotonic() - job.started)
             if left < delay + 5.0:
                 raise JobError(
-                    "broker_unavailable", f"{kind} command {command_id} could not reach the "
-                    f"daemon: {type(exc).__name__}: {exc}", command_id=command_id,
+                    "broker_unavailable", f"{command.kind} command {command_id} could not "
+                    f"reach the daemon: {type(exc).__name__}: {exc}", command_id=command_id,
                 ) from exc  # fmt: skip
-            job.log.warning("job.command_retry", kind=kind, command_id=command_id,
+            job.log.warning("job.command_retry", kind=command.kind, command_id=command_id,
                             error=f"{type(exc).__name__}: {exc}", retry_in_s=delay)  # fmt: skip
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
@@ -224,8 +223,7 @@ def _activate(job: JobRun, settings: Settings) -> None:
     def activate(_step: Step) -> dict[str, Any]:
         # Same id on every delivery: the daemon applies it once and answers repeats
         # from Registry.record_command.
-        return _command(settings, job, "activate", {"name": name, "version": version},
-                        f"{job.job_id}:activate")  # fmt: skip
+        return _command(settings, job, Activate(name, version), f"{job.job_id}:activate")
 
     swapped = job.run_step("activate", activate)
     job.succeed({
@@ -347,8 +345,8 @@ def _restore(job: JobRun, settings: Settings) -> None:
     )  # fmt: skip
 
     def swap(_step: Step) -> dict[str, Any]:
-        params = {"name": name, "version": version, "restore_from": staged["stage"]}
-        return _command(settings, job, "rollback", params, f"{job.job_id}:rollback")
+        command = Rollback(name, version, restore_from=staged["stage"])
+        return _command(settings, job, command, f"{job.job_id}:rollback")
 
     try:
         swapped = job.run_step("swap", swap)

@@ -20,7 +20,8 @@ import psutil
 import pytest
 
 from plugvisor.core.errors import PlugvisorError
-from plugvisor.daemon.control import send_command
+from plugvisor.messaging.commands import Activate
+from plugvisor.messaging.control import send_command
 from plugvisor.state.registry import VersionStatus
 from plugvisor.tests.support.procs import alive, descendants
 
@@ -42,8 +43,7 @@ def _pool(kit: Any, name: str) -> dict[str, Any]:
 def _quiet_send(kit: Any, name: str, version: str, cid: str) -> None:
     # The daemon dies under this command on purpose: no outcome is expected.
     with contextlib.suppress(PlugvisorError):
-        send_command(kit.settings, "activate", {"name": name, "version": version},
-                     timeout=3, command_id=cid)  # fmt: skip
+        send_command(kit.settings, Activate(name, version), timeout=3, command_id=cid)  # fmt: skip
 
 
 def _assert_rebuilt(kit: Any, name: str, expect: set[str]) -> str:
@@ -169,7 +169,7 @@ def test_host_killed_mid_call_under_load_fails_only_that_call(daemon_kit: Any, f
 
 
 def _event_times(kit: Any) -> list[float]:
-    from plugvisor.daemon.control import fetch_events  # noqa: PLC0415
+    from plugvisor.messaging.control import fetch_events  # noqa: PLC0415
 
     return [float(e["time"]) for e in fetch_events(kit.settings, limit=1000, timeout=0.5)
             if "time" in e]  # fmt: skip

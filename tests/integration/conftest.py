@@ -161,9 +161,9 @@ class DaemonKit:
 
     def command(self, kind: str, timeout: float = 30.0, **params: Any) -> dict[str, Any]:
         """Send one control-plane command and return its outcome."""
-        from plugvisor.daemon.control import send_command  # noqa: PLC0415
+        from plugvisor.messaging.control import send_raw_command  # noqa: PLC0415
 
-        return send_command(self.settings, kind, params, timeout=timeout)
+        return send_raw_command(self.settings, kind, params, timeout=timeout)
 
 
 def _daemon_cmd() -> list[str]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from plugvisor.core.errors import PluginRuntimeError, PlugvisorError
-from plugvisor.daemon.control import fetch_events, send_command
+from plugvisor.messaging.commands import Disable
+from plugvisor.messaging.control import fetch_events, send_command
 
 pytestmark = pytest.mark.slow
 
@@ -42,15 +43,13 @@ def test_commands_are_applied_recorded_and_answered(broker_kit):
     # A repeated command id is answered from the record, not applied twice.
     first = send_command(
         kit.settings,
-        "disable",
-        {"name": "ctl", "reason": "maintenance"},
+        Disable("ctl", "maintenance"),
         timeout=30,
         command_id="fixed-id-1",
     )
     again = send_command(
         kit.settings,
-        "disable",
-        {"name": "ctl", "reason": "maintenance"},
+        Disable("ctl", "maintenance"),
         timeout=30,
         command_id="fixed-id-1",
     )
@@ -91,12 +90,12 @@ def test_a_command_the_sender_gave_up_on_is_never_applied(daemon_kit):
     assert kit.command("status")["ok"]  # the control queue exists
     assert kit.stop() == 0
     with pytest.raises(PlugvisorError) as exc:
-        send_command(kit.settings, "disable", {"name": "late", "reason": "x"}, timeout=1,
+        send_command(kit.settings, Disable("late", "x"), timeout=1,
                      command_id="late-1")  # fmt: skip
     assert exc.value.code == "job.timeout"
     kit.start()
     # The expired command was dropped; a re-send with the same id is applied normally.
     assert kit.client().call("late", {})["version"] == "1.0.0"
-    again = send_command(kit.settings, "disable", {"name": "late", "reason": "x"}, timeout=30,
+    again = send_command(kit.settings, Disable("late", "x"), timeout=30,
                          command_id="late-1")  # fmt: skip
     assert again["ok"] and again["result"]["outcome"] == "disabled"

@@ -12,7 +12,8 @@ import uuid
 import pytest
 
 from plugvisor.core.errors import PlugvisorError
-from plugvisor.daemon.control import send_command
+from plugvisor.messaging.commands import Activate
+from plugvisor.messaging.control import send_command
 from plugvisor.state.registry import VersionStatus
 
 pytestmark = pytest.mark.slow
@@ -69,8 +70,7 @@ def _quiet_send(kit, version, cid):
     # The daemon is killed under this command on purpose: no outcome is expected.
     with contextlib.suppress(PlugvisorError):
         send_command(
-            kit.settings, "activate", {"name": "sturdy", "version": version},
-            timeout=3, command_id=cid,
+            kit.settings, Activate("sturdy", version), timeout=3, command_id=cid,
         )  # fmt: skip
 
 

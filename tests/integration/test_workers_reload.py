@@ -39,7 +39,8 @@ from plugvisor.core.archive import pack
 from plugvisor.core.config import Settings, load_settings
 from plugvisor.core.errors import JobError
 from plugvisor.core.signing import generate_keypair
-from plugvisor.daemon.control import outcome_result, send_command
+from plugvisor.messaging.commands import Activate
+from plugvisor.messaging.control import outcome_result, send_command, send_raw_command
 from plugvisor.state.install import install_archive
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.registry import JobRecord, JobStatus, Registry, VersionStatus
@@ -185,8 +186,7 @@ class Rig:
 
     def go_live(self, name: str, version: str) -> None:
         """Activate through the daemon (the real swap path)."""
-        outcome_result(send_command(self.settings, "activate", {"name": name, "version": version},
-                                    timeout=30))  # fmt: skip
+        outcome_result(send_command(self.settings, Activate(name, version), timeout=30))
 
     def call(self, name: str, request: Any) -> Any:
         with Client(self.layout.daemon_socket, timeout=30) as client:
@@ -552,8 +552,8 @@ def test_daemon_refuses_a_restore_from_outside_the_staging_name(rig: Rig) -> Non
     rig.install(name, "2.0.0")
     rig.go_live(name, "2.0.0")
     for bad in ("/etc", str(rig.layout.data_dir / name), str(rig.layout.data_dir / ".restore-x-1")):
-        outcome = send_command(rig.settings, "rollback",
-                               {"name": name, "restore_from": bad}, timeout=30)  # fmt: skip
+        outcome = send_raw_command(rig.settings, "rollback",
+                                   {"name": name, "restore_from": bad}, timeout=30)  # fmt: skip
         assert outcome["ok"] is False, (bad, outcome)
         assert outcome["error"]["code"] == "request.invalid_field", outcome
     assert rig.call(name, {})["version"] == "2.0.0"  # nothing moved, still serving
