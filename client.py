@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from plugvisor.core.errors import ApiError, PluginRuntimeError, error_from_dict
-from plugvisor.daemon.protocol import FrameStream, ProtocolError, encode_request, send_frame
+from plugvisor.messaging.calls import FrameStream, ProtocolError, encode_request, send_frame
 
 __all__ = ["Client", "parse_envelope"]
 

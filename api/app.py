@@ -27,6 +27,7 @@ from plugvisor.client import Client
 from plugvisor.core.config import Settings, load_settings
 from plugvisor.core.errors import AuthError, PlugvisorError, StateError
 from plugvisor.core.log import configure_logging, get_logger
+from plugvisor.messaging.jobs import Job, start_job
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.registry import Registry
 from plugvisor.state.tokens import TOKENS_FILE, TokenStore
@@ -78,14 +79,10 @@ class ApiServices:
                 )
             return self._client
 
-    def start_job(
-        self, kind: str, params: Mapping[str, Any], idempotency_key: str | None = None
-    ) -> str:
-        """Record and enqueue a job (workers/jobs.py); a repeated key gives the same job."""
-        from plugvisor.workers.jobs import start_job  # noqa: PLC0415 -- Celery only when needed
-
-        job_id = start_job(self.settings, kind, dict(params), idempotency_key=idempotency_key)
-        self.metrics.jobs_started.labels(kind).inc()
+    def start_job(self, job: Job, idempotency_key: str | None = None) -> str:
+        """Record and enqueue ``job`` (messaging/jobs.py); a repeated key gives the same job."""
+        job_id = start_job(self.settings, job, idempotency_key=idempotency_key)
+        self.metrics.jobs_started.labels(job.kind).inc()
         return job_id
 
     def close(self) -> None:

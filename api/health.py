@@ -56,10 +56,10 @@ def probe_broker(svc: ApiServices, timeout: float = _PROBE_TIMEOUT_S) -> dict[st
     """Can a kombu connection to the configured broker be made?"""
     from kombu.connection import Connection  # noqa: PLC0415 -- kombu only for this probe
 
-    from plugvisor.workers.app import broker_urls  # noqa: PLC0415
+    from plugvisor.messaging.broker import broker_url, redact  # noqa: PLC0415 -- kombu only here
 
-    url, _ = broker_urls(svc.settings)
-    shown = "embedded (SQLite)" if svc.settings.embedded_broker else _redact(url)
+    url = broker_url(svc.settings)
+    shown = "embedded (SQLite)" if svc.settings.embedded_broker else redact(url)
     try:
         with Connection(url, connect_timeout=timeout) as conn:  # type: ignore[no-untyped-call]
             conn.ensure_connection(max_retries=1, timeout=timeout)
@@ -78,10 +78,10 @@ def probe_workers(svc: ApiServices, timeout: float = 1.0) -> dict[str, Any]:
     if svc.settings.embedded_broker:
         out.update(method="job_records", names=[], seen=out["recently_active"] or None)
         return out
-    from plugvisor.workers.app import get_app  # noqa: PLC0415
+    from plugvisor.messaging.celery_app import producer  # noqa: PLC0415 -- Celery only here
 
     try:
-        replies = get_app(svc.settings).control.ping(timeout=timeout) or []
+        replies = producer(svc.settings).control.ping(timeout=timeout) or []
     except Exception as exc:  # any broker failure means "not seen"
         out.update(method="ping", names=[], seen=False, detail=f"{type(exc).__name__}: {exc}")
         return out
@@ -120,16 +120,6 @@ def _layers(svc: ApiServices) -> dict[str, Any]:
         layers = {"error": err.to_dict()}
     svc.cache["layers"] = (time.monotonic(), layers)
     return layers
-
-
-def _redact(url: str) -> str:
-    """A broker URL without its password."""
-    scheme, sep, rest = url.partition("://")
-    if "@" in rest:
-        cred, _, host = rest.rpartition("@")
-        user = cred.split(":", 1)[0]
-        return f"{scheme}{sep}{user}:***@{host}"
-    return url
 
 
 @bp.get("/api/health")

@@ -38,6 +38,7 @@ from plugvisor.api.schemas import (
     UploadFormSchema,
 )
 from plugvisor.core.errors import ApiError, ConflictError, PlugvisorError, error_from_dict
+from plugvisor.messaging.jobs import AuditJob, Job, ReloadJob, ReviewJob, RollbackJob, UploadJob
 from plugvisor.state.layout import PLUGIN_NAME_RE
 from plugvisor.state.registry import PluginRecord, Registry, VersionStatus
 from plugvisor.state.tokens import Role
@@ -98,8 +99,9 @@ def accepted(job_id: str) -> ResponseReturnValue:
     return response
 
 
-def _start(kind: str, params: dict[str, Any]) -> ResponseReturnValue:
-    job_id = _svc().start_job(kind, {**params, "requested_by": _who()}, _idempotency_key())
+def _start(job: type[Job], params: dict[str, Any]) -> ResponseReturnValue:
+    message = job.from_dict({**params, "requested_by": _who()})
+    job_id = _svc().start_job(message, _idempotency_key())
     return accepted(job_id)
 
 
@@ -200,15 +202,12 @@ def upload(form: dict[str, Any]) -> ResponseReturnValue:
     archive: FileStorage = form["archive"]
     path = _save_upload(svc, archive)
     try:
-        job_id = svc.start_job(
-            "upload",
-            {
-                "archive": str(path),
-                "filename": secure_filename(archive.filename or "") or path.name,
-                "requested_by": _who(),
-            },
-            _idempotency_key(),
+        job = UploadJob(
+            archive=str(path),
+            filename=secure_filename(archive.filename or "") or path.name,
+            requested_by=_who(),
         )
+        job_id = svc.start_job(job, _idempotency_key())
         if svc.registry.get_job(job_id).params.get("archive") != str(path):
             path.unlink(missing_ok=True)  # a retry: the first request's file is the job's
     except BaseException:
@@ -260,7 +259,7 @@ def _save_upload(svc: ApiServices, archive: FileStorage) -> Path:
 )
 def reload(body: dict[str, Any]) -> ResponseReturnValue:
     _check_target(_svc().registry, body["name"], body["version"])
-    return _start("reload", {"name": body["name"], "version": body["version"]})
+    return _start(ReloadJob, {"name": body["name"], "version": body["version"]})
 
 
 @bp.post("/api/plugins/rollback")
@@ -274,7 +273,7 @@ def reload(body: dict[str, Any]) -> ResponseReturnValue:
 )
 def rollback(body: dict[str, Any]) -> ResponseReturnValue:
     _check_target(_svc().registry, body["name"], body["version"])
-    return _start("rollback", {"name": body["name"], "version": body["version"]})
+    return _start(RollbackJob, {"name": body["name"], "version": body["version"]})
 
 
 @bp.post("/api/plugins/audit")
@@ -288,7 +287,7 @@ def rollback(body: dict[str, Any]) -> ResponseReturnValue:
 )
 def rescan(body: dict[str, Any]) -> ResponseReturnValue:
     _check_target(_svc().registry, body["name"], body["version"])
-    return _start("audit", {"name": body["name"], "version": body["version"]})
+    return _start(AuditJob, {"name": body["name"], "version": body["version"]})
 
 
 @bp.post("/api/plugins/<name>/review")
@@ -311,7 +310,7 @@ def review(name: str, body: dict[str, Any]) -> ResponseReturnValue:
             plugin=name, version=version.version, status=version.status.value,
         )  # fmt: skip
     return _start(
-        "review",
+        ReviewJob,
         {
             "name": name,
             "version": body["version"],

@@ -15,6 +15,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate
 from werkzeug.datastructures import FileStorage
 
 from plugvisor.core.errors import ApiError
+from plugvisor.messaging.jobs import JOBS, REVIEW_DECISIONS
 from plugvisor.state.layout import PLUGIN_NAME_RE
 
 __all__ = [
@@ -108,7 +109,7 @@ class ReviewRequestSchema(_Strict):
     """An admin's decision on a version held for review."""
 
     version = _version(required=True)
-    decision = fields.String(required=True, validate=validate.OneOf(["approve", "reject"]))
+    decision = fields.String(required=True, validate=validate.OneOf(REVIEW_DECISIONS))
     reason = fields.String(
         required=True,
         validate=validate.Length(min=1, max=2000),
@@ -128,7 +129,7 @@ class JobsQuerySchema(_Strict):
     )
     kind = fields.String(
         load_default=None,
-        validate=validate.OneOf(["upload", "reload", "rollback", "audit", "review"]),
+        validate=validate.OneOf(sorted(JOBS.kinds())),
         metadata={"description": "Only jobs of this kind."},
     )
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))

@@ -37,11 +37,11 @@ from plugvisor.core.config import Settings, load_settings
 from plugvisor.core.log import configure_logging
 from plugvisor.messaging.commands import Activate
 from plugvisor.messaging.control import outcome_result, send_command
+from plugvisor.messaging.jobs import ReloadJob, start_job, wait_for_job
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.registry import JobStatus
 from plugvisor.testing import store_test_version
 from plugvisor.tests.support.rabbitmq import BrokerUnavailable, loopback_rabbitmq
-from plugvisor.workers.jobs import start_job, wait_for_job
 
 __all__ = ["main", "run_broker"]
 
@@ -138,7 +138,7 @@ def run_broker(broker_url: str, reloads: int) -> dict[str, Any]:
         steps: dict[str, list[float]] = {}
         for i, version in enumerate(versions[1:]):
             t0 = time.perf_counter()
-            job_id = start_job(settings, "reload", {"name": name, "version": version})
+            job_id = start_job(settings, ReloadJob(name=name, version=version))
             job = wait_for_job(settings, job_id, timeout=120, interval=0.002)
             took = time.perf_counter() - t0
             if job.status is not JobStatus.succeeded:

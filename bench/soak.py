@@ -8,7 +8,7 @@ and ``plugvisor worker`` and keeps going at once:
 * calls: client threads call a well-behaved plugin (``steady``) without pause, and
   another (``rewind``) whose data is restored by rollbacks;
 * uploads and reloads: new versions are packed, signed and uploaded through
-  ``start_job("upload")`` (validate, install, scan), then reloaded (check, snapshot,
+  ``start_job(UploadJob)`` (validate, install, scan), then reloaded (check, snapshot,
   trial, activate) -- ``steady`` under the callers' load;
 * rollbacks: ``rewind`` goes forward by a reload and back by a rollback job (its data
   restored with it);
@@ -55,6 +55,7 @@ from plugvisor.core.errors import JobError, PlugvisorError
 from plugvisor.core.signing import generate_keypair
 from plugvisor.messaging.commands import Enable, Status
 from plugvisor.messaging.control import send_command
+from plugvisor.messaging.jobs import JOBS, start_job, wait_for_job
 from plugvisor.state.install import install_archive
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.registry import JobStatus, Registry
@@ -62,7 +63,6 @@ from plugvisor.state.security_log import verify_log
 from plugvisor.state.trust import TrustStore
 from plugvisor.testing import store_test_version
 from plugvisor.tests.support.procs import alive, descendants, fd_count, rss_bytes
-from plugvisor.workers.jobs import start_job, wait_for_job
 
 __all__ = ["SoakReport", "main", "run_soak"]
 
@@ -230,7 +230,7 @@ def _caller(stack: _Stack, report: SoakReport, name: str, stop: threading.Event,
 
 def _run_job(stack: _Stack, report: SoakReport, kind: str, params: dict[str, Any],
              lock: threading.Lock) -> Any:  # fmt: skip
-    job_id = start_job(stack.settings, kind, params)
+    job_id = start_job(stack.settings, JOBS.parse(kind, params))
     with lock:
         report.jobs[job_id] = f"{kind} started"
     try:

@@ -8,7 +8,6 @@ stderr (or the JSON error under ``--json``) and exits with the class's ``exit_co
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import sys
 from typing import Any
@@ -17,6 +16,7 @@ import click
 
 from plugvisor import __version__
 from plugvisor.cli.context import CliContext
+from plugvisor.core.entrypoint import exit_with
 from plugvisor.core.errors import PlugvisorError
 
 __all__ = ["cli", "main"]
@@ -105,7 +105,7 @@ def cli(ctx: click.Context, state_dir: str | None, as_json: bool) -> None:
     # the host application's hot path and logs nothing: it skips importing structlog.
     if ctx.invoked_subcommand in LIGHT_COMMANDS:
         return
-    from plugvisor.core.log import configure_logging  # noqa: PLC0415 -- 55 ms of imports
+    from plugvisor.core.log import configure_logging  # noqa: PLC0415 -- structlog is slow to import
 
     configure_logging(
         level=os.environ.get("PLUGVISOR_LOG_LEVEL", "warning"),
@@ -122,11 +122,7 @@ def main(argv: list[str] | None = None) -> None:
         # Without standalone mode click returns what ``ctx.exit(n)`` asked for.
         rv = cli.main(args=argv, prog_name="plugvisor", standalone_mode=False)
     except PlugvisorError as err:
-        if as_json:
-            click.echo(json.dumps({"ok": False, "error": err.to_dict()}, sort_keys=True))
-        else:
-            click.echo(f"error: {err}", err=True)
-        sys.exit(err.exit_code)
+        exit_with(err, as_json)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:

@@ -19,15 +19,8 @@ __all__ = ["api"]
 @pass_cli
 def api(ctx: CliContext, host: str | None, port: int | None) -> None:
     """Run the API and admin page (development server; use gunicorn in production)."""
-    from plugvisor.api import create_app  # noqa: PLC0415 -- Flask only for this command
-
-    settings = ctx.settings
-    app = create_app(settings)
-    host = host or settings.api_host
-    port = settings.api_port if port is None else port
-    click.echo(
-        f"plugvisor API on http://{host}:{port} (development server; production: "
-        'gunicorn "plugvisor.api:create_app()")',
-        err=True,
-    )
-    app.run(host=host, port=port, threaded=True, use_reloader=False, debug=False)
+    _ = ctx.settings  # a bad setting is refused here, naming it, before the exec
+    args = [] if host is None else ["--host", host]
+    if port is not None:
+        args += ["--port", str(port)]
+    ctx.exec_process("plugvisor.api", *args)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -26,6 +28,20 @@ class CliContext:
         if self._settings is None:
             self._settings = load_settings({"state_dir": self.state_dir})
         return self._settings
+
+    def exec_process(self, module: str, *args: str) -> NoReturn:
+        """Become ``python -m module args`` (same pid: systemd's notify and signals hold).
+
+        The processes are peers of the CLI, not its libraries: ``plugvisor daemon`` runs
+        the daemon's own entry point. The state dir given to the CLI goes along; every
+        other setting comes from the same environment and config file.
+        """
+        argv = [sys.executable, "-m", module, *args]
+        if self.state_dir is not None:
+            argv += ["--state-dir", self.state_dir]
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, argv)  # noqa: S606 -- our own interpreter, argument list
 
 
 pass_cli = click.make_pass_decorator(CliContext, ensure=True)

@@ -21,11 +21,8 @@ __all__ = ["call", "daemon"]
 @pass_cli
 def daemon(ctx: CliContext) -> None:
     """Run the supervisor daemon in the foreground until SIGTERM (systemd Type=notify)."""
-    from plugvisor.core.config import load_settings  # noqa: PLC0415 -- keep `call` light
-    from plugvisor.daemon.main import run_daemon  # noqa: PLC0415
-
-    state_dir = ctx.state_dir
-    sys.exit(run_daemon(ctx.settings, reload=lambda: load_settings({"state_dir": state_dir})))
+    _ = ctx.settings  # a bad setting is refused here, naming it, before the exec
+    ctx.exec_process("plugvisor.daemon")
 
 
 @click.command()

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from plugvisor.cli.context import CliContext, pass_cli
-from plugvisor.core.log import configure_logging
 
 __all__ = ["worker"]
 
@@ -36,8 +33,10 @@ __all__ = ["worker"]
 @pass_cli
 def worker(ctx: CliContext, concurrency: int | None, pool: str, hostname: str | None) -> None:
     """Run a worker: consumes jobs from the broker the settings select, until stopped."""
-    from plugvisor.workers.app import run_worker  # noqa: PLC0415 -- Celery only when needed
-
-    settings = ctx.settings
-    configure_logging(settings.log_level, settings.log_format, component="worker")
-    sys.exit(run_worker(settings, concurrency=concurrency, pool=pool, hostname=hostname))
+    _ = ctx.settings  # a bad setting is refused here, naming it, before the exec
+    args = ["--pool", pool]
+    if concurrency is not None:
+        args += ["--concurrency", str(concurrency)]
+    if hostname is not None:
+        args += ["--hostname", hostname]
+    ctx.exec_process("plugvisor.workers", *args)

@@ -16,10 +16,11 @@ def _import_structlog() -> Any:
     """``import structlog`` without letting it pull in rich.
 
     structlog.dev imports rich (installed as a Bandit dependency) at import time, only to
-    offer rich tracebacks in console mode; that is ~6 MB of RSS in the daemon and every
-    API worker for a feature the JSON logs never use. rich is hidden for the duration of
-    the import only (console mode then prints plain tracebacks); a process that already
-    imported rich, or imports it later (the scanner's Bandit), is unaffected.
+    offer rich tracebacks in console mode; that is megabytes of RSS in the daemon and
+    every API worker (tests/unit/test_import_footprint.py keeps it out) for a feature the
+    JSON logs never use. rich is hidden for the duration of the import only (console
+    mode then prints plain tracebacks); a process that already imported rich, or
+    imports it later (the scanner's Bandit), is unaffected.
     """
     if "structlog" in sys.modules or "rich" in sys.modules:
         import structlog  # noqa: PLC0415

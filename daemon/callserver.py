@@ -1,10 +1,11 @@
 """The call socket ``run/daemon.sock``: threads and blocking sockets, one thread per client.
 
-Measured on this machine (PLATFORM-NOTES "Relay cost"): a threads + blocking-sockets
-relay costs 1.9-2.8x a raw Unix-socket echo, asyncio streams 3.3-4.2x, so each client
-connection gets a thread that reads a frame, hands it to the supervisor (which relays
-the JSON bytes to a plugin host untouched) and writes the envelope back. The socket is
-mode 0660 so a service group can call plugins; the daemon's own user owns it.
+A threads + blocking-sockets relay costs less per call than an asyncio-streams one
+(PLATFORM-NOTES "Relay cost"; ``bench/daemon_bench.py`` measures the call path against
+its peers), so each client connection gets a thread that reads a frame, hands it to the
+supervisor (which relays the JSON bytes to a plugin host untouched) and writes the
+envelope back. The socket is mode 0660 so a service group can call plugins; the daemon's
+own user owns it.
 
 Stopping: :meth:`CallServer.stop_accepting` closes the listening socket, then
 :meth:`CallServer.drain` waits for calls in progress (bounded) and closes every idle
@@ -21,13 +22,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from plugvisor.core.envelope import error_envelope
 from plugvisor.core.errors import PluginRuntimeError, StateError
 from plugvisor.core.log import get_logger
-from plugvisor.daemon.protocol import (
+from plugvisor.messaging.calls import (
     FrameStream,
     ProtocolError,
     decode_request,
-    error_envelope,
     send_frame,
 )
 
@@ -120,7 +121,7 @@ class CallServer:
                         name, rid, body = decode_request(payload)
                     except ProtocolError as exc:
                         err = PluginRuntimeError("protocol", f"malformed request frame: {exc}")
-                        envelope = error_envelope(err.to_dict())
+                        envelope = error_envelope(err.code, err.message, **err.details)
                     else:
                         envelope = self._dispatch(name, rid, body)
                     send_frame(conn, envelope)
@@ -147,7 +148,7 @@ class CallServer:
         except Exception as exc:  # a daemon bug answers this call, it must not drop the client
             _log.exception("dispatch_failed", plugin=name, request_id=rid)
             err = PluginRuntimeError("internal", f"daemon failed to route the call: {exc!r}")
-            return error_envelope(err.to_dict())
+            return error_envelope(err.code, err.message, **err.details)
 
     def stop_accepting(self) -> None:
         """Close the listening socket and remove its file; connections stay until drain."""

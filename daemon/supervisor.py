@@ -29,13 +29,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from plugvisor.core.config import Settings
+from plugvisor.core.envelope import error_envelope
 from plugvisor.core.errors import PluginRuntimeError, PlugvisorError, StateError
 from plugvisor.core.log import get_logger
 from plugvisor.core.manifest import PluginMeta, parse_plugin_yaml
 from plugvisor.core.profile import load_profile
 from plugvisor.daemon.metrics import DaemonMetrics
 from plugvisor.daemon.pool import Host, HostPool, PoolClosed
-from plugvisor.daemon.protocol import error_envelope
 from plugvisor.sandbox import HostSpec
 from plugvisor.sandbox.violations import ViolationTracker
 from plugvisor.state.layout import StateLayout
@@ -429,7 +429,7 @@ class Supervisor:
                 # Closed without a successor yet (shutdown): do not spin.
                 err = PluginRuntimeError("unavailable", f"plugin {slot.name!r} is restarting",
                                          plugin=slot.name)  # fmt: skip
-                return error_envelope(err.to_dict()), err.code, None
+                return error_envelope(err.code, err.message, **err.details), err.code, None
             try:
                 envelope, code = pool.call(body, request_id, deadline)
             except PoolClosed:
@@ -438,7 +438,7 @@ class Supervisor:
                     last = None  # the pointer moved on: retry on the new pool
                 continue
             except PlugvisorError as exc:
-                return error_envelope(exc.to_dict()), exc.code, None
+                return error_envelope(exc.code, exc.message, **exc.details), exc.code, None
             return envelope, code, pool.version
 
     def _refusal(self, name: str, slot: PluginSlot | None) -> bytes:
@@ -451,7 +451,7 @@ class Supervisor:
         else:
             err = PluginRuntimeError("unavailable", f"plugin {name!r} is not running: "
                                      f"{slot.reason}", plugin=name, reason=slot.reason)  # fmt: skip
-        return error_envelope(err.to_dict())
+        return error_envelope(err.code, err.message, **err.details)
 
     def _count(self, plugin: str, code: str, seconds: float) -> None:
         key = (plugin, code)

@@ -65,11 +65,13 @@ def connect(settings: Settings) -> Any:
 
 
 def redact(url: str) -> str:
-    """``url`` without its credentials, for logs and health reports."""
+    """``url`` without its password, for logs and health reports."""
     scheme, sep, rest = url.partition("://")
     if "@" in rest:
-        rest = "***@" + rest.split("@", 1)[1]
-    return scheme + sep + rest
+        cred, _, host = rest.rpartition("@")
+        user = cred.split(":", 1)[0]
+        return f"{scheme}{sep}{user}:***@{host}"
+    return url
 
 
 def _connection_errors() -> tuple[type[Exception], ...]:

@@ -50,6 +50,10 @@ class MessageFamily(Generic[M]):
         self._by_kind[cls.kind] = cls
         return cls
 
+    def get(self, kind: str) -> type[M]:
+        """The class of ``kind`` (``KeyError`` for an unknown one: a bug, not input)."""
+        return self._by_kind[kind]
+
     def kinds(self) -> frozenset[str]:
         return frozenset(self._by_kind)
 

@@ -258,7 +258,7 @@ def _build_bpf_aside() -> dict[bool, bytes | None]:
     """Both filters (network denied / allowed), compiled in a throw-away child.
 
     pyseccomp, ctypes.util and libseccomp then never enter the template, so no plugin
-    process carries them (about 3 MB each) -- the template only keeps the raw BPF.
+    process carries them -- the template only keeps the raw BPF.
     """
     rfd, wfd = os.pipe()
     pid = os.fork()

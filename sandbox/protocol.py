@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from plugvisor.core.envelope import error_envelope, ok_envelope
 from plugvisor.core.errors import SandboxError
 
 __all__ = [
@@ -183,20 +184,6 @@ FRAME_SLACK = 64 * 1024
 def request_cap(max_response_bytes: int) -> int:
     """Largest request (and ctx.db reply) the child accepts: the caps of both sides agree."""
     return max(max_response_bytes, 1 << 20)
-
-
-def ok_envelope(result_json: bytes) -> bytes:
-    """``{"ok":true,"result":<result_json>}`` built by concatenation, not re-encoding."""
-    return b'{"ok":true,"result":' + result_json + b"}"
-
-
-def error_envelope(code: str, message: str, **details: Any) -> bytes:
-    """``{"ok":false,"error":{"code","message"[,"details"]}}`` as compact JSON bytes."""
-    err: dict[str, Any] = {"code": code, "message": message}
-    if details:
-        err["details"] = details
-    # default=str: details come from exceptions a plugin may have built.
-    return json.dumps({"ok": False, "error": err}, separators=(",", ":"), default=str).encode()
 
 
 def check_hello(hello: Any) -> None:

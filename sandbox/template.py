@@ -55,7 +55,7 @@ __all__ = ["RUNTIME_PRELOAD", "import_modules", "main"]
 #: outside the Landlock rules). A profile's other modules are imported by its child before
 #: the lock-down (:func:`import_modules` in the child), so every plugin process carries only
 #: what its own profile allows, not the union of all profiles (trusted's network stack is
-#: ~8 MB).
+#: large; tests/sandbox/test_host_footprint.py measures a host).
 RUNTIME_PRELOAD = (
     "json", "decimal", "zoneinfo", "hashlib", "_strptime", "locale", "encodings.idna",
     "encodings.utf_16", "encodings.utf_32", "encodings.latin_1", "encodings.ascii",

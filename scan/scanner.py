@@ -302,7 +302,7 @@ def _bandit_config() -> Any:
     quiet = _OptionalFormatterFilter()
     stevedore_log.addFilter(quiet)
     try:
-        from bandit.core import config as b_config  # noqa: PLC0415 -- ~90 ms, paid once
+        from bandit.core import config as b_config  # noqa: PLC0415 -- slow: paid once
         from bandit.core import manager as _  # noqa: F401, PLC0415 -- loads the plugins
     finally:
         stevedore_log.removeFilter(quiet)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install everything the tests need, then run ruff, mypy and pytest.
+# Install everything the tests need, then run ruff, mypy, import-linter and pytest.
 #
 # README's second command and what .ci/run runs (with CI=true). Installs Debian's
 # rabbitmq-server for the RabbitMQ tests (the tests start it on 127.0.0.1 themselves) and
@@ -42,6 +42,10 @@ tc=$(mktemp -d)
 trap 'rm -rf "$tc"' EXIT
 ln -s "$(pwd)" "$tc/plugvisor"
 MYPYPATH="$tc" .venv/bin/mypy -p plugvisor || failed+=("mypy")
+
+echo "== import-linter"
+# The layering of docs/ARCHITECTURE.md, held by the contracts in pyproject.toml.
+.venv/bin/lint-imports --no-cache || failed+=("import-linter")
 
 echo "== pytest"
 set +e

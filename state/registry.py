@@ -311,8 +311,9 @@ _version_key = (_versions.c.plugin == _b("b_plugin"), _versions.c.version == _b(
 class _Q:
     """The statements of the hot paths (every swap, command and job step), built once.
 
-    Building a statement costs ~160 µs a call (SQLAlchemy's construction and cache key),
-    executing a prebuilt one with bound parameters ~40 µs; a swap runs about a dozen.
+    Building a statement (SQLAlchemy's construction and cache key) costs several times
+    what executing a prebuilt one with bound parameters does, and a swap runs about a
+    dozen (``bench/daemon_bench.py`` reports the swap's phases).
     Bound parameter names carry a ``b_`` prefix: a column's own name is reserved in SET.
     """
 

@@ -155,7 +155,7 @@ class VersionStore:
                 "so its signature cannot be re-verified", digest=digest,
             )  # fmt: skip
         # Imported here: the daemon re-hashes trees before every spawn but never checks a
-        # signature, and cryptography (with its own OpenSSL) costs it ~8 MB of RSS.
+        # signature, and cryptography (with its own OpenSSL) would weigh on its RSS.
         from plugvisor.core.signing import verify_signature  # noqa: PLC0415
 
         signer = verify_signature(self.manifest_bytes(digest), sig, trusted)

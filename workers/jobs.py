@@ -8,13 +8,12 @@ task may run twice (worker killed, connection lost, a redelivered message), so e
 step is keyed by job id + step name and a step that already succeeded is not run
 again; its stored result is returned instead.
 
-:func:`start_job` creates the record and only then enqueues the pipeline, so a worker
-never receives a job id whose record is not committed yet.
+:func:`~plugvisor.messaging.jobs.start_job` creates the record and only then enqueues
+the chain, so a worker never receives a job id whose record is not committed yet.
 """
 
 from __future__ import annotations
 
-import os
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
@@ -27,20 +26,16 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from plugvisor.core.errors import JobError, PlugvisorError
 from plugvisor.core.log import get_logger
-from plugvisor.state.layout import StateLayout
 from plugvisor.state.registry import JobRecord, JobStatus, Registry
 
 if TYPE_CHECKING:
-    from plugvisor.core.config import Settings
+    pass
 
 __all__ = [
     "JobFailed",
     "JobRun",
     "Step",
     "StepStatus",
-    "open_registry",
-    "start_job",
-    "wait_for_job",
 ]
 
 T = TypeVar("T")
@@ -62,24 +57,6 @@ class JobFailed(Exception):
         super().__init__(job_id, dict(error))
         self.job_id = job_id
         self.error = dict(error)
-
-
-_registries: dict[tuple[int, str], Registry] = {}
-
-
-def open_registry(settings: Settings) -> Registry:
-    """This process's :class:`Registry` for ``settings.state_dir`` (one engine per process).
-
-    Keyed by pid as well: an engine must not cross ``fork()`` (prefork pool children
-    open their own).
-    """
-    layout = StateLayout(settings.state_dir)
-    key = (os.getpid(), str(layout.root))
-    reg = _registries.get(key)
-    if reg is None:
-        layout.ensure()
-        reg = _registries[key] = Registry(layout)
-    return reg
 
 
 def _now() -> str:
@@ -252,58 +229,3 @@ def _error_of(exc: Exception, log: Any, step: str) -> dict[str, Any]:
     return JobError(
         "internal", f"step {step} failed unexpectedly: {type(exc).__name__}: {exc}", step=step
     ).to_dict()
-
-
-def start_job(
-    settings: Settings,
-    kind: str,
-    params: Mapping[str, Any] | None = None,
-    idempotency_key: str | None = None,
-) -> str:
-    """Record a job of ``kind`` and enqueue its pipeline after the record commits; its id.
-
-    With an ``idempotency_key`` seen before, the existing job's id comes back and nothing
-    is enqueued again (a client retrying its POST gets the same job).
-    """
-    # pipelines imports the tasks, which import this module: resolved at call time.
-    from plugvisor.workers.pipelines import check_params, enqueue  # noqa: PLC0415
-
-    check_params(kind, params or {})
-    registry = open_registry(settings)
-    before = datetime.now(UTC)
-    record = registry.create_job(kind, params or {}, idempotency_key)
-    # create_job returns the earlier record for a known key: enqueue only a new one.
-    if record.created >= before or idempotency_key is None:
-        try:
-            enqueue(settings, record)
-        except Exception as exc:
-            # Broker unreachable after the publish retries (kombu/amqp raise a variety
-            # of transport errors): the job must not sit "queued" forever with no message.
-            error = JobError(
-                "enqueue_failed",
-                f"job {record.id} could not be sent to the broker: {type(exc).__name__}: {exc}",
-                job_id=record.id,
-            )
-            registry.update_job(record.id, status=JobStatus.failed, error=error)
-            _log.error("job.enqueue_failed", job_id=record.id, error=str(exc))
-            raise error from exc
-    return record.id
-
-
-def wait_for_job(
-    settings: Settings, job_id: str, timeout: float, interval: float = 0.02
-) -> JobRecord:
-    """Poll the job record until it finishes; ``JobError("timeout")`` after ``timeout`` s."""
-    registry = open_registry(settings)
-    deadline = time.monotonic() + timeout
-    while True:
-        record = registry.get_job(job_id)  # NotFoundError for an unknown id, at once
-        if record.status in (JobStatus.succeeded, JobStatus.failed):
-            return record
-        if time.monotonic() >= deadline:
-            raise JobError(
-                "timeout",
-                f"job {job_id} still {record.display_status} after {timeout:.1f}s",
-                job_id=job_id,
-            )
-        time.sleep(interval)

@@ -52,14 +52,15 @@ from plugvisor.core.errors import (
 from plugvisor.core.fs import fsync_dir, remove_tree
 from plugvisor.core.semver import parse_version
 from plugvisor.messaging.broker import CONNECTION_ERRORS
+from plugvisor.messaging.celery_app import soft_time_limit
 from plugvisor.messaging.commands import Activate, Command, Rollback
 from plugvisor.messaging.control import outcome_result, send_command
+from plugvisor.messaging.jobs import open_registry
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.registry import ACTIVATABLE, Registry, VersionStatus
 from plugvisor.state.store import VersionStore
 from plugvisor.state.trust import TrustStore
-from plugvisor.workers.app import soft_time_limit
-from plugvisor.workers.jobs import JobFailed, JobRun, Step, open_registry
+from plugvisor.workers.jobs import JobFailed, JobRun, Step
 from plugvisor.workers.snapshot import (
     RESTORE_ID,
     read_backup,
@@ -74,21 +75,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BODIES",
-    "TASKS",
     "check_rollback_target",
     "resolve_reload_version",
 ]
-
-#: Short task name -> registered Celery task name (merged into tasks.TASK_NAMES).
-TASKS = {
-    "reload_check": "plugvisor.reload_check",
-    "rollback_check": "plugvisor.rollback_check",
-    "snapshot": "plugvisor.snapshot",
-    "trial": "plugvisor.trial",
-    "activate": "plugvisor.activate",
-    "restore": "plugvisor.restore",
-}
-
 
 # ---- reload ----------------------------------------------------------------------------------
 

@@ -4,9 +4,9 @@ Each takes a job id and nothing else.
 
 A task re-reads its job record, runs its steps through :class:`~plugvisor.workers.jobs.JobRun`
 (a step that already succeeded is skipped, so a redelivered message does not repeat its
-effect) and never waits on another task: pipelines are Celery chains
-(:mod:`plugvisor.workers.pipelines`), and a task that finds its job already failed or
-finished does nothing.
+effect) and never waits on another task: pipelines are Celery chains (each job class's
+``tasks`` in :mod:`plugvisor.messaging.jobs`), and a task that finds its job already
+failed or finished does nothing.
 
 Tasks are registered on an app by :func:`register_tasks` (called by
 :func:`~plugvisor.workers.app.make_celery`); there is no module-level app to bind to.
@@ -34,14 +34,14 @@ from plugvisor.core.errors import (
 )
 from plugvisor.core.log import get_logger
 from plugvisor.core.profile import load_profile
+from plugvisor.messaging.celery_app import soft_time_limit
+from plugvisor.messaging.jobs import JOBS, ReviewJob, open_registry, task_name
 from plugvisor.scan.scanner import ScanReport, Severity, scan_tree
 from plugvisor.state.install import install_archive
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.registry import JobStatus, Registry, VersionRecord, VersionStatus
-from plugvisor.workers.app import soft_time_limit
-from plugvisor.workers.jobs import JobFailed, JobRun, Step, open_registry
+from plugvisor.workers.jobs import JobFailed, JobRun, Step
 from plugvisor.workers.reload import BODIES as RELOAD_BODIES
-from plugvisor.workers.reload import TASKS as RELOAD_TASKS
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -49,23 +49,12 @@ if TYPE_CHECKING:
     from plugvisor.core.config import Settings
 
 __all__ = [
-    "TASK_NAMES",
     "JobTask",
     "register_tasks",
-    "review_decision",
     "scan_version",
 ]
 
 _log = get_logger(__name__)
-
-#: Short name -> registered Celery task name.
-TASK_NAMES: Mapping[str, str] = {
-    "validate_install": "plugvisor.validate_install",
-    "scan": "plugvisor.scan",
-    "audit": "plugvisor.audit",
-    "review": "plugvisor.review",
-    **RELOAD_TASKS,
-}
 
 #: Who the automatic scan verdict is recorded as (a human reviewer's name otherwise).
 SCANNER_ACTOR = "plugvisor-scan"
@@ -338,30 +327,14 @@ _DECISIONS: Mapping[str, VersionStatus] = {
 }
 
 
-def review_decision(params: Mapping[str, Any]) -> tuple[str, str, VersionStatus, str, str]:
-    """Check review params: ``(name, version, new status, by, reason)`` or ``JobError``."""
-    missing = [k for k in ("name", "version", "decision", "by", "reason") if not params.get(k)]
-    if missing:
-        raise JobError("invalid_params", f"review needs {', '.join(missing)}", missing=missing)
-    decision = str(params["decision"])
-    if decision not in _DECISIONS:
-        raise JobError("invalid_params", f"decision must be approve or reject, not {decision!r}",
-                       field="decision")  # fmt: skip
-    return (
-        str(params["name"]),
-        str(params["version"]),
-        _DECISIONS[decision],
-        str(params["by"]),
-        str(params["reason"]),
-    )
-
-
 def _review(job: JobRun, settings: Settings) -> None:
     """Apply an admin's approve/reject to a version in review, recording who and why."""
     registry = open_registry(settings)
 
     def decide(_step: Step) -> dict[str, Any]:
-        name, version, status, by, reason = review_decision(job.params)
+        msg = ReviewJob.from_dict(job.params)
+        name, version, by, reason = msg.name, msg.version, msg.by, msg.reason
+        status = _DECISIONS[msg.decision]
         record = registry.get_version(name, version)
         if record.status is not VersionStatus.review:
             if record.status is status and record.review_by == by:
@@ -402,11 +375,17 @@ _RUNNERS = {short: _job_body(body) for short, body in _BODIES.items()}
 
 
 def register_tasks(app: Celery) -> None:
-    """Register every job task on ``app`` under :data:`TASK_NAMES`.
+    """Register the body of every task a job kind runs, under its wire name.
+
+    A task named by a job class (``messaging/jobs.py``) without a body here is a bug:
+    refused at once, before any job could be sent to it.
 
     ``shared=False``: Celery would otherwise add each task to every app created later in
     the process (the API may hold apps for several settings), which is not what a
     factory wants.
     """
+    missing = sorted({t for cls in JOBS for t in cls.tasks} - set(_RUNNERS))
+    if missing:
+        raise ValueError(f"job tasks without a body in workers/: {missing}")
     for short, run in _RUNNERS.items():
-        app.task(name=TASK_NAMES[short], bind=True, base=JobTask, shared=False)(run)
+        app.task(name=task_name(short), bind=True, base=JobTask, shared=False)(run)

@@ -24,9 +24,9 @@ from typing import Any
 import psutil
 import pytest
 
+from plugvisor.messaging.jobs import ReloadJob, start_job
 from plugvisor.state.registry import JobStatus
 from plugvisor.tests.support.procs import alive, descendants
-from plugvisor.workers.jobs import start_job
 from plugvisor.workers.snapshot import verify_backup
 
 pytestmark = pytest.mark.slow
@@ -118,7 +118,7 @@ def test_embedded_broker_locked_mid_job_loses_no_job(reload_rig: Any) -> None:
     rig.arm("trial")
     started: dict[str, Any] = {}
     try:
-        running = start_job(rig.settings, "reload", {"name": first})
+        running = start_job(rig.settings, ReloadJob(name=first))
         rig.reached("trial")
         # Another process holds the broker's database exclusively: nobody reads or writes it.
         lock = sqlite3.connect(rig.layout.broker_db, timeout=5, isolation_level=None)
@@ -128,7 +128,7 @@ def test_embedded_broker_locked_mid_job_loses_no_job(reload_rig: Any) -> None:
             def enqueue() -> None:
                 t0 = time.monotonic()
                 try:
-                    started["id"] = start_job(rig.settings, "reload", {"name": second})
+                    started["id"] = start_job(rig.settings, ReloadJob(name=second))
                     started["took"] = time.monotonic() - t0
                 except Exception as exc:
                     started["error"] = repr(exc)
@@ -166,7 +166,7 @@ def test_daemon_killed_while_a_job_waits_to_activate(reload_rig: Any) -> None:
     rig.install(name, "2.0.0")
     rig.arm("trial")
     try:
-        job_id = start_job(rig.settings, "reload", {"name": name})
+        job_id = start_job(rig.settings, ReloadJob(name=name))
         rig.reached("trial")
         left = descendants(rig.daemon.pid)
         psutil.Process(rig.daemon.pid).kill()  # kill -9 of the daemon alone

@@ -123,10 +123,10 @@ def test_init_check_run_pack_upload_approved(
     assert archive.name == f"{name}-0.1.0.tar.gz"
 
     # Upload through the real pipeline: a job on the broker, run by the worker.
-    from plugvisor.workers.jobs import start_job, wait_for_job  # noqa: PLC0415 -- Celery
+    from plugvisor.messaging.jobs import UploadJob, start_job, wait_for_job  # noqa: PLC0415 -- Celery
 
     settings = load_settings({}, env=env)
-    job_id = start_job(settings, "upload", {"archive": str(archive)})
+    job_id = start_job(settings, UploadJob(archive=str(archive)))
     record = wait_for_job(settings, job_id, timeout=90)
     assert record.status.value == "succeeded", record.to_dict()
     assert record.result is not None and record.result["status"] == "approved", record.result
@@ -408,13 +408,13 @@ def test_docs_profile_table_matches_the_profiles() -> None:
 
 def test_docs_rollback_section_matches_the_pipelines() -> None:
     """The guide says what rollback does to data; it must change when the pipelines do."""
-    from plugvisor.workers.pipelines import PIPELINES  # noqa: PLC0415 -- Celery
+    from plugvisor.messaging.jobs import RollbackJob  # noqa: PLC0415
 
     text = " ".join(DOC.read_text(encoding="utf-8").split())
-    restores = "restore" in PIPELINES.get("rollback", ())
+    restores = "restore" in RollbackJob.tasks
     says_restored = "data snapshot is restored with the version on rollback" in text
     if restores:
-        why = "PIPELINES['rollback'] restores data: the guide must say so"
+        why = "RollbackJob.tasks restores data: the guide must say so"
     else:
-        why = "PIPELINES['rollback'] has no 'restore' step: the guide must not promise it"
+        why = "RollbackJob.tasks has no 'restore' step: the guide must not promise it"
     assert restores == says_restored, f"docs/authoring.md, 'Swaps, rollback and your data': {why}"

@@ -30,17 +30,24 @@ from kombu.exceptions import KombuError
 
 from plugvisor.core.archive import pack
 from plugvisor.core.config import Settings, load_settings
-from plugvisor.core.errors import JobError
+from plugvisor.core.errors import ApiError, JobError
 from plugvisor.core.signing import generate_keypair
+from plugvisor.messaging.celery_app import producer
+from plugvisor.messaging.jobs import (
+    JOBS,
+    AuditJob,
+    ReviewJob,
+    UploadJob,
+    start_job,
+    task_name,
+    wait_for_job,
+)
 from plugvisor.state.install import install_archive
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.quarantine import Quarantine
 from plugvisor.state.registry import JobStatus, Registry, VersionStatus
 from plugvisor.state.trust import TrustStore
-from plugvisor.workers.app import get_app
-from plugvisor.workers.jobs import start_job, wait_for_job
-from plugvisor.workers.pipelines import recover_stale_jobs
-from plugvisor.workers.tasks import TASK_NAMES
+from plugvisor.workers.app import recover_stale_jobs
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGVISOR = REPO / ".venv" / "bin" / "plugvisor"
@@ -112,7 +119,7 @@ class WorkerKit:
         return pack(src, key or self.key, out)
 
     def upload(self, archive: Path, key: str | None = None) -> Any:
-        return self.wait(start_job(self.settings, "upload", {"archive": str(archive)}, key))
+        return self.wait(start_job(self.settings, UploadJob(archive=str(archive)), key))
 
     def wait(self, job_id: str) -> Any:
         """The finished job record; fails at once (with the worker's log) if the worker died."""
@@ -334,8 +341,8 @@ def test_version_with_unknown_profile_is_quarantined(kit: WorkerKit) -> None:
 
 def _send(kit: WorkerKit, task: str, job_id: str) -> dict[str, Any]:
     """Deliver one task message for ``job_id`` again, as a redelivery would; its return."""
-    app = get_app(kit.settings)
-    result = app.send_task(TASK_NAMES[task], args=(job_id,))
+    app = producer(kit.settings)
+    result = app.send_task(task_name(task), args=(job_id,))
     deadline = time.monotonic() + JOB_TIMEOUT
     while True:
         try:
@@ -405,8 +412,8 @@ def test_step_interrupted_after_its_effect_is_recovered(kit: WorkerKit) -> None:
 
 def test_idempotency_key_returns_the_same_job(kit: WorkerKit) -> None:
     archive = kit.build(CLEAN_SOURCE)
-    first = start_job(kit.settings, "upload", {"archive": str(archive)}, "upload-key-1")
-    second = start_job(kit.settings, "upload", {"archive": str(archive)}, "upload-key-1")
+    first = start_job(kit.settings, UploadJob(archive=str(archive)), "upload-key-1")
+    second = start_job(kit.settings, UploadJob(archive=str(archive)), "upload-key-1")
     assert first == second
     job = kit.wait(first)
     _assert_succeeded(kit, job)
@@ -418,7 +425,7 @@ def test_review_decision_is_recorded(kit: WorkerKit) -> None:
     name = upload.result["name"]
     params = {"name": name, "version": "1.0.0", "decision": "approve", "by": "alice",
               "reason": "shelling out is this plugin's documented purpose"}  # fmt: skip
-    job = kit.wait(start_job(kit.settings, "review", params))
+    job = kit.wait(start_job(kit.settings, ReviewJob.from_dict(params)))
     _assert_succeeded(kit, job)
     assert job.result["status"] == "approved"
     with kit.registry() as reg:
@@ -427,7 +434,7 @@ def test_review_decision_is_recorded(kit: WorkerKit) -> None:
     assert record.review_reason == params["reason"]
     # A second decision on a version no longer in review is refused, naming the rule.
     again = dict(params, decision="reject", by="bob")
-    job2 = kit.wait(start_job(kit.settings, "review", again))
+    job2 = kit.wait(start_job(kit.settings, ReviewJob.from_dict(again)))
     assert job2.status is JobStatus.failed
     assert job2.error is not None
     assert job2.error["code"] == "conflict.not_in_review"
@@ -438,7 +445,7 @@ def test_audit_rescans_and_refreshes_the_report(kit: WorkerKit) -> None:
     name = upload.result["name"]
     with kit.registry() as reg:
         reg.set_report(name, "1.0.0", {"findings": [], "stale": True})
-    job = kit.wait(start_job(kit.settings, "audit", {"name": name}))
+    job = kit.wait(start_job(kit.settings, AuditJob(name=name)))
     _assert_succeeded(kit, job)
     [audited] = job.result["audited"]
     assert audited["name"] == name and audited["findings"] == upload.result["findings"]
@@ -450,16 +457,20 @@ def test_audit_rescans_and_refreshes_the_report(kit: WorkerKit) -> None:
 
 
 def test_bad_params_are_refused_before_anything_is_queued(kit: WorkerKit) -> None:
-    with pytest.raises(JobError) as info:
-        start_job(kit.settings, "upload", {"archive": str(kit.root / "missing.tar.gz")})
-    assert info.value.code == "job.invalid_params"
-    with pytest.raises(JobError) as info:
-        start_job(kit.settings, "review", {"name": "x", "version": "1.0.0", "decision": "maybe",
-                                           "by": "a", "reason": "b"})  # fmt: skip
-    assert info.value.code == "job.invalid_params"
-    with pytest.raises(JobError) as info:
-        start_job(kit.settings, "nope", {})
-    assert info.value.code == "job.unknown_kind"
+    with kit.registry() as reg:
+        before = len(reg.list_jobs(limit=1000))
+    with pytest.raises(ApiError) as info:
+        start_job(kit.settings, UploadJob(archive=str(kit.root / "missing.tar.gz")))
+    assert info.value.code == "request.invalid_field" and info.value.details["field"] == "archive"
+    with pytest.raises(ApiError) as info:
+        JOBS.parse("review", {"name": "x", "version": "1.0.0", "decision": "maybe", "by": "a",
+                              "reason": "b"})  # fmt: skip
+    assert info.value.code == "request.invalid_field" and info.value.details["field"] == "decision"
+    with pytest.raises(ApiError) as info:
+        JOBS.parse("nope", {})
+    assert info.value.code == "request.invalid_field" and info.value.details["field"] == "kind"
+    with kit.registry() as reg:
+        assert len(reg.list_jobs(limit=1000)) == before  # nothing recorded, nothing queued
 
 
 def test_job_stranded_by_a_killed_worker_is_recovered(kit: WorkerKit) -> None:
@@ -510,7 +521,7 @@ def _slow_plugin_source(lines: int) -> str:
 def test_pool_process_killed_mid_scan_loses_no_job(kit: WorkerKit) -> None:
     """SIGKILL the pool child while it scans: the message is requeued and the step re-run."""
     archive = kit.build(_slow_plugin_source(1500))  # scan ~0.6 s: a wide kill window
-    job_id = start_job(kit.settings, "upload", {"archive": str(archive)})
+    job_id = start_job(kit.settings, UploadJob(archive=str(archive)))
     registry = kit.registry()
     deadline = time.monotonic() + JOB_TIMEOUT
     while True:  # wait for the scan step to be under way
@@ -537,7 +548,7 @@ def test_jobs_queued_while_the_worker_is_down_run_after_a_crash(kit: WorkerKit) 
     """Kept last in the module: it kills the shared worker and starts a new one."""
     kit.crash_worker()
     archives = [kit.build(CLEAN_SOURCE), kit.build(RISKY_SOURCE)]
-    job_ids = [start_job(kit.settings, "upload", {"archive": str(a)}) for a in archives]
+    job_ids = [start_job(kit.settings, UploadJob(archive=str(a))) for a in archives]
     with kit.registry() as reg:
         assert [reg.get_job(j).status for j in job_ids] == [JobStatus.queued] * 2
     kit.start_worker()

@@ -41,13 +41,13 @@ from plugvisor.core.errors import JobError
 from plugvisor.core.signing import generate_keypair
 from plugvisor.messaging.commands import Activate
 from plugvisor.messaging.control import outcome_result, send_command, send_raw_command
+from plugvisor.messaging.jobs import JOBS, ReloadJob, start_job, wait_for_job
 from plugvisor.state.install import install_archive
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.registry import JobRecord, JobStatus, Registry, VersionStatus
 from plugvisor.state.trust import TrustStore
 from plugvisor.tests.support.rabbitmq import rabbitmqctl
-from plugvisor.workers.jobs import start_job, wait_for_job
-from plugvisor.workers.pipelines import recover_stale_jobs
+from plugvisor.workers.app import recover_stale_jobs
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGVISOR = REPO / ".venv" / "bin" / "plugvisor"
@@ -194,7 +194,7 @@ class Rig:
 
     # ---- jobs ----------------------------------------------------------------------------
     def job(self, kind: str, **params: Any) -> Job:
-        return self.wait(start_job(self.settings, kind, params))
+        return self.wait(start_job(self.settings, JOBS.parse(kind, params)))
 
     def wait(self, job_id: str) -> Job:
         deadline = time.monotonic() + JOB_TIMEOUT
@@ -577,7 +577,7 @@ def test_worker_killed_mid_step_completes_exactly_once(rig: Rig, step: str) -> N
     rig.install(name, "2.0.0")
     rig.arm(step)
     try:
-        job_id = start_job(rig.settings, "reload", {"name": name})
+        job_id = start_job(rig.settings, ReloadJob(name=name))
         pid, where = rig.reached(step)
         assert pid == rig.pool_child().pid
         if step == "snapshot":
@@ -606,7 +606,7 @@ def test_whole_worker_killed_mid_trial_then_a_new_worker_finishes(rig: Rig) -> N
     assert rig.worker is not None
     rig.arm("trial")
     try:
-        job_id = start_job(rig.settings, "reload", {"name": name})
+        job_id = start_job(rig.settings, ReloadJob(name=name))
         rig.reached("trial")
         os.killpg(rig.worker.pid, signal.SIGKILL)
         rig.worker.wait(timeout=10)
@@ -640,9 +640,9 @@ def test_rabbitmq_restart_mid_job_loses_no_job(rig: Rig) -> None:
         rig.install(name, "2.0.0")
     rig.arm("trial")
     try:
-        running = start_job(rig.settings, "reload", {"name": first})
+        running = start_job(rig.settings, ReloadJob(name=first))
         rig.reached("trial")
-        queued = start_job(rig.settings, "reload", {"name": second})  # waits behind it
+        queued = start_job(rig.settings, ReloadJob(name=second))  # waits behind it
         _rabbitmqctl("stop_app")
         _rabbitmqctl("start_app")
         rig.disarm("trial")

@@ -39,7 +39,7 @@ from plugvisor.state.tokens import TOKENS_FILE, Role, TokenStore
 __all__ = ["ApiKit", "LiveServer", "UpStack", "free_port", "pack_greeter", "read_until_line"]
 
 #: The demo plugin ``plugvisor up`` installs (a package resource).
-GREETER = Path(__file__).resolve().parent.parent / "examples" / "greeter"
+GREETER = Path(__file__).resolve().parents[2] / "examples" / "greeter"
 
 
 @dataclass

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 
 from plugvisor.client import parse_envelope
+from plugvisor.core.envelope import error_envelope
 from plugvisor.core.errors import BudgetExceeded, PluginRuntimeError
 from plugvisor.daemon.notify import Notifier, watchdog_interval
-from plugvisor.daemon.protocol import (
+from plugvisor.messaging.calls import (
     FrameStream,
     ProtocolError,
     decode_request,
     encode_request,
-    error_envelope,
     recv_frame,
     send_frame,
 )
@@ -86,7 +86,7 @@ def test_frame_stream_splits_coalesced_and_fragmented_frames():
 def test_envelopes_become_results_or_typed_errors():
     assert parse_envelope(b'{"ok":true,"result":[1]}') == [1]
     with pytest.raises(BudgetExceeded) as exc:
-        parse_envelope(error_envelope({"code": "budget.time", "message": "too slow"}))
+        parse_envelope(error_envelope("budget.time", "too slow"))
     assert exc.value.code == "budget.time"
     with pytest.raises(PluginRuntimeError) as exc2:
         parse_envelope(b"not json")

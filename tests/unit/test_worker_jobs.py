@@ -11,11 +11,12 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from plugvisor.core.config import Settings, load_settings
 from plugvisor.core.errors import JobError, SignatureError
+from plugvisor.messaging.broker import broker_url, result_backend
+from plugvisor.messaging.jobs import JOBS, AuditJob, open_registry, start_job, task_name
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.registry import JobStatus
-from plugvisor.workers.app import broker_urls, make_celery, prune_delivered_messages
-from plugvisor.workers.jobs import JobFailed, JobRun, open_registry, start_job
-from plugvisor.workers.tasks import TASK_NAMES
+from plugvisor.workers.app import make_celery, prune_delivered_messages
+from plugvisor.workers.jobs import JobFailed, JobRun
 
 
 @pytest.fixture
@@ -133,7 +134,7 @@ def test_fail_does_not_overwrite_a_finished_job(settings: Settings) -> None:
 
 
 def test_embedded_broker_urls_live_in_the_state_dir(settings: Settings) -> None:
-    broker, backend = broker_urls(settings)
+    broker, backend = broker_url(settings), result_backend(settings)
     root = Path(settings.state_dir).resolve()
     assert broker == f"sqla+sqlite:///{root}/broker.sqlite"
     assert backend == f"db+sqlite:///{root}/results.sqlite"
@@ -141,11 +142,11 @@ def test_embedded_broker_urls_live_in_the_state_dir(settings: Settings) -> None:
 
 def test_amqp_broker_keeps_sqlite_results_unless_told(settings: Settings) -> None:
     amqp = settings.with_overrides(broker_url="amqp://guest:guest@127.0.0.1:5672//")
-    broker, backend = broker_urls(amqp)
+    broker, backend = broker_url(amqp), result_backend(amqp)
     assert broker.startswith("amqp://")
     assert backend.startswith("db+sqlite:///")
     custom = amqp.with_overrides(result_backend="rpc://")
-    assert broker_urls(custom)[1] == "rpc://"
+    assert result_backend(custom) == "rpc://"
 
 
 def test_celery_reliability_settings(settings: Settings) -> None:
@@ -161,7 +162,7 @@ def test_celery_reliability_settings(settings: Settings) -> None:
     assert conf.broker_connection_retry_on_startup is True
     # Only create_engine() arguments may go to the SQLAlchemy transport.
     assert "polling_interval" not in conf.broker_transport_options
-    assert set(TASK_NAMES.values()) <= set(app.tasks)
+    assert {task_name(t) for cls in JOBS for t in cls.tasks} <= set(app.tasks)
 
 
 def test_unreachable_broker_fails_the_job_instead_of_leaving_it_queued(
@@ -169,7 +170,7 @@ def test_unreachable_broker_fails_the_job_instead_of_leaving_it_queued(
 ) -> None:
     down = settings.with_overrides(broker_url="amqp://guest:guest@127.0.0.1:1//")
     with pytest.raises(JobError) as info:
-        start_job(down, "audit", {})
+        start_job(down, AuditJob())
     assert info.value.code == "job.enqueue_failed"
     [job] = open_registry(settings).list_jobs()
     assert job.status is JobStatus.failed

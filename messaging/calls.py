@@ -1,4 +1,4 @@
-"""The call-socket wire format shared by the daemon and :mod:`plugvisor.client`.
+"""The call-socket wire format: :mod:`plugvisor.client` sends, the daemon answers.
 
 Kept free of heavy imports (only ``struct`` and ``socket``) because ``plugvisor call``
 and every host application import it.
@@ -15,10 +15,8 @@ The JSON request bytes are never parsed by the daemon: the plugin host parses th
 
 from __future__ import annotations
 
-import json
 import socket
 import struct
-from typing import Any
 
 __all__ = [
     "MAX_FRAME_BYTES",
@@ -26,7 +24,6 @@ __all__ = [
     "ProtocolError",
     "decode_request",
     "encode_request",
-    "error_envelope",
     "recv_frame",
     "send_frame",
 ]
@@ -139,8 +136,3 @@ def decode_request(payload: bytes) -> tuple[str, str, bytes]:
     if off > len(payload):
         raise ProtocolError("request header longer than the frame")
     return name, rid, payload[off:]
-
-
-def error_envelope(error: dict[str, Any]) -> bytes:
-    """The error envelope for an error dict (``PlugvisorError.to_dict()``)."""
-    return json.dumps({"ok": False, "error": error}, separators=(",", ":")).encode("utf-8")
