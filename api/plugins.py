@@ -114,32 +114,7 @@ def _check_target(registry: Registry, name: str, version: str | None) -> PluginR
 
 def plugin_json(registry: Registry, plugin: PluginRecord, events: int = 0) -> dict[str, Any]:
     """A plugin with its versions (and its latest ``events`` state changes)."""
-    out: dict[str, Any] = {
-        "name": plugin.name,
-        "active_version": plugin.active_version,
-        "previous_version": plugin.previous_version,
-        "highest_version": plugin.highest_version,
-        "disabled": plugin.disabled,
-        "disabled_reason": plugin.disabled_reason,
-        "versions": [
-            {
-                "version": v.version,
-                "status": v.status.value,
-                "digest": v.digest,
-                "keyid": v.keyid,
-                "profile": v.profile,
-                "created": v.created.isoformat(),
-                "review": None
-                if v.review_by is None
-                else {
-                    "by": v.review_by,
-                    "reason": v.review_reason,
-                    "at": v.review_at.isoformat() if v.review_at else None,
-                },
-            }
-            for v in registry.list_versions(plugin.name)
-        ],
-    }
+    out = plugin.summary(registry.list_versions(plugin.name))
     if events:
         out["events"] = [
             e.to_dict() for e in registry.list_events(limit=events, plugin=plugin.name)

@@ -203,6 +203,7 @@ class JobListSchema(Schema):
 
 
 class VersionSchema(Schema):
+    plugin = fields.String()
     version = fields.String(required=True)
     status = fields.String(
         required=True,
@@ -211,6 +212,11 @@ class VersionSchema(Schema):
     digest = fields.String(allow_none=True)
     keyid = fields.String(allow_none=True)
     profile = fields.String(allow_none=True)
+    requires = fields.Dict(
+        keys=fields.String(),
+        values=fields.String(),
+        metadata={"description": "plugin name -> version range it needs"},
+    )
     created = fields.String(allow_none=True, metadata={"format": "date-time"})
     review = fields.Dict(
         keys=fields.String(), allow_none=True, metadata={"description": "{by, reason, at}"}
@@ -228,6 +234,7 @@ class PluginSchema(Schema):
     )
     disabled = fields.Boolean()
     disabled_reason = fields.String(allow_none=True)
+    disabled_at = fields.String(allow_none=True, metadata={"format": "date-time"})
     versions = fields.List(fields.Nested(VersionSchema))
     events = fields.List(
         fields.Dict(keys=fields.String()),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -30,7 +29,7 @@ def install(ctx: CliContext, archive: Path, as_json: bool) -> None:
     record = install_archive(ctx.settings, archive)
     emit(
         ctx,
-        {"ok": True, "version": _version_dict(record)},
+        {"ok": True, "version": record.summary()},
         f"installed {record.plugin} {record.version} ({record.status.value})\n"
         f"digest {record.digest}",
     )
@@ -53,38 +52,9 @@ def status(ctx: CliContext, name: str | None, as_json: bool) -> None:
     with Registry(layout) as registry:
         plugins = [registry.get_plugin(name)] if name else registry.list_plugins()
         rows = [(p, registry.list_versions(p.name)) for p in plugins]
-    data = {"plugins": [_plugin_dict(p, vs) for p, vs in rows]}
+    data = {"plugins": [p.summary(vs) for p, vs in rows]}
     text = "\n".join(_plugin_text(p, vs) for p, vs in rows) or "no plugins installed"
     emit(ctx, data, text)
-
-
-def _version_dict(v: VersionRecord) -> dict[str, Any]:
-    return {
-        "plugin": v.plugin,
-        "version": v.version,
-        "status": v.status.value,
-        "digest": v.digest,
-        "keyid": v.keyid,
-        "profile": v.profile,
-        "requires": v.requires,
-        "review": None
-        if v.review_at is None
-        else {"by": v.review_by, "reason": v.review_reason, "at": v.review_at.isoformat()},
-        "created": v.created.isoformat(),
-    }
-
-
-def _plugin_dict(p: PluginRecord, versions: list[VersionRecord]) -> dict[str, Any]:
-    return {
-        "name": p.name,
-        "active_version": p.active_version,
-        "previous_version": p.previous_version,
-        "highest_version": p.highest_version,
-        "disabled": p.disabled,
-        "disabled_reason": p.disabled_reason,
-        "disabled_at": None if p.disabled_at is None else p.disabled_at.isoformat(),
-        "versions": [_version_dict(v) for v in versions],
-    }
 
 
 def _plugin_text(p: PluginRecord, versions: list[VersionRecord]) -> str:

@@ -115,6 +115,12 @@ class Settings:
     api_url: str = _s("", "Where the CLI finds the API; empty means http://api_host:api_port.")
     api_token: str = _s("", "Bearer token the CLI sends to the API.")
     backup_retention: int = _s(5, "Backups kept per plugin (oldest removed first).")
+    recovery_grace_s: float = _s(
+        3600.0,
+        "At daemon start, a stored version tree no registry row names is removed once it is "
+        "this old (a worker may be about to record it); install debris in staging/ once it "
+        "is older than a twelfth of it.",
+    )
     job_time_limit_s: float = _s(300.0, "Hard time limit of one worker task.")
 
     # ---- derived -----------------------------------------------------------------

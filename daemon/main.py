@@ -38,6 +38,7 @@ from plugvisor.sandbox import Spawner, detect_layers
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.registry import Registry
 from plugvisor.state.security_log import SecurityLog
+from plugvisor.state.staging import recover_state
 from plugvisor.state.store import VersionStore
 
 __all__ = ["Daemon", "run_daemon"]
@@ -69,6 +70,12 @@ class Daemon:
         s = self.settings
         self.layout.ensure()
         self._write_pid()
+        # Debris of a crash mid-install (staging leftovers, trees never recorded).
+        recover_state(
+            self.layout,
+            staging_grace_s=s.recovery_grace_s / 12,
+            orphan_grace_s=s.recovery_grace_s,
+        )
         self.registry = Registry(self.layout)
         self.spawner = Spawner(
             s,

@@ -9,6 +9,7 @@ the two sides must agree on (serializers, queue, routing, delivery mode) cannot 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
@@ -19,6 +20,7 @@ from plugvisor.state.layout import StateLayout
 
 __all__ = [
     "SOFT_LIMIT_FRACTION",
+    "AppCache",
     "PlugvisorCelery",
     "celery_config",
     "new_celery",
@@ -135,14 +137,21 @@ def new_celery(settings: Settings) -> PlugvisorCelery:
     return app
 
 
-_producers: dict[Settings, PlugvisorCelery] = {}
-_producers_lock = threading.Lock()
+class AppCache:
+    """One app per settings object in this process, built by ``factory`` on first use."""
+
+    def __init__(self, factory: Callable[[Settings], PlugvisorCelery]) -> None:
+        self._factory = factory
+        self._apps: dict[Settings, PlugvisorCelery] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, settings: Settings) -> PlugvisorCelery:
+        with self._lock:
+            app = self._apps.get(settings)
+            if app is None:
+                app = self._apps[settings] = self._factory(settings)
+            return app
 
 
-def producer(settings: Settings) -> PlugvisorCelery:
-    """This process's producer app for ``settings`` (cached: one per settings object)."""
-    with _producers_lock:
-        app = _producers.get(settings)
-        if app is None:
-            app = _producers[settings] = new_celery(settings)
-        return app
+#: This process's producer app for ``settings`` (no task code: it only sends).
+producer = AppCache(new_celery)

@@ -14,12 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
-import time
 import uuid
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,21 +29,22 @@ from plugvisor.core.errors import (
     StateError,
     VersionError,
 )
-from plugvisor.core.fs import flock_exclusive, remove_tree
+from plugvisor.core.fs import remove_tree
 from plugvisor.core.log import get_logger
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.quarantine import Quarantine
 from plugvisor.state.registry import Registry, VersionRecord, VersionStatus
+from plugvisor.state.staging import install_lock
 from plugvisor.state.store import VersionStore
 from plugvisor.state.trust import TrustStore
 
 __all__ = [
     "QUARANTINED_ERRORS",
-    "RecoveryReport",
     "install_archive",
-    "recover_state",
     "store_archive",
 ]
+
+_log = get_logger(__name__)
 
 #: Refusals that are the archive's fault: the archive is kept in quarantine with the reason.
 #: (A locked database or a full disk is not, and quarantining would hide the real cause.)
@@ -57,11 +54,6 @@ QUARANTINED_ERRORS: tuple[type[PlugvisorError], ...] = (
     ManifestError,
     VersionError,
 )
-
-_log = get_logger(__name__)
-#: Names of what an install creates in staging/: its uuid dir, extract_archive's temp
-#: sibling of that dir, and VersionStore.remove's trash.
-_INSTALL_DEBRIS = re.compile(r"^(?:[0-9a-f]{32}|\.[0-9a-f]{32}\..+\.part|\.trash-.+)$")
 
 
 def store_archive(
@@ -78,7 +70,7 @@ def store_archive(
     The returned package's ``path`` is its tree under ``versions/``.
     """
     layout = StateLayout(settings.state_dir).ensure()
-    with _install_lock(layout, lock_timeout), Registry(layout) as registry:
+    with install_lock(layout, lock_timeout), Registry(layout) as registry:
         return _store(settings, layout, Path(archive_path), registry)
 
 
@@ -99,7 +91,7 @@ def install_archive(
     archive = Path(archive_path)
     layout = StateLayout(settings.state_dir).ensure()
     store = VersionStore(layout)
-    with _install_lock(layout, lock_timeout), Registry(layout) as registry:
+    with install_lock(layout, lock_timeout), Registry(layout) as registry:
         package = _store(settings, layout, archive, registry)
         try:
             record = registry.add_version(
@@ -117,56 +109,6 @@ def install_archive(
         digest=record.digest, status=record.status.value,
     )  # fmt: skip
     return record
-
-
-@dataclass(frozen=True)
-class RecoveryReport:
-    """What :func:`recover_state` removed."""
-
-    staging: tuple[Path, ...]
-    orphans: tuple[str, ...]
-
-
-def recover_state(
-    layout: StateLayout,
-    *,
-    staging_grace_s: float = 300.0,
-    orphan_grace_s: float = 3600.0,
-    lock_timeout: float = 30.0,
-) -> RecoveryReport:
-    """Remove what a crash mid-install can leave: ``staging/`` leftovers and orphan trees.
-
-    Run by the daemon at start. Under the install lock no install is running, so an
-    install's ``staging/`` entry (a ``<uuid>`` dir, extraction's ``.<uuid>.*.part``, the
-    store's ``.trash-*``) older than ``staging_grace_s`` is debris; anything else in
-    ``staging/`` (the API's ``uploads/``) is left alone. A tree under ``versions/``
-    that no registry row references is removed only when older than ``orphan_grace_s``:
-    a worker may have stored it with :func:`store_archive` and be waiting for the
-    daemon to record it.
-    """
-    layout.ensure()
-    store = VersionStore(layout)
-    removed: list[Path] = []
-    orphans: list[str] = []
-    with _install_lock(layout, lock_timeout), Registry(layout) as registry:
-        now = time.time()
-        for entry in sorted(layout.staging_dir.iterdir()):
-            # Only what installs leave: other users of staging/ (uploads/) are not ours.
-            if not _INSTALL_DEBRIS.match(entry.name):
-                continue
-            if now - os.lstat(entry).st_mtime >= staging_grace_s:
-                remove_tree(entry)
-                removed.append(entry)
-        for digest in store.digests():
-            if registry.find_digest(digest) is not None:
-                continue
-            if now - os.lstat(store.path(digest)).st_ctime < orphan_grace_s:
-                continue
-            store.remove(digest)
-            orphans.append(digest)
-    if removed or orphans:
-        _log.warning("state_recovered", staging=[str(p) for p in removed], orphans=orphans)
-    return RecoveryReport(tuple(removed), tuple(orphans))
 
 
 def _store(
@@ -198,21 +140,3 @@ def _quarantine(layout: StateLayout, archive: Path, err: PlugvisorError) -> None
         _log.error("quarantine_failed", archive=str(archive), code=err.code, error=str(qerr))
         return
     _log.warning("install_refused", archive=str(archive), code=err.code, quarantine=str(where))
-
-
-@contextmanager
-def _install_lock(layout: StateLayout, timeout: float) -> Iterator[None]:
-    """Exclusive ``flock`` on the ``staging/`` directory itself, waited for at most ``timeout``.
-
-    Locking the directory leaves no lock file behind in it.
-    """
-    path = layout.staging_dir
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        busy = StateError(
-            "locked", f"another install held {path} for more than {timeout:.0f}s", path=str(path)
-        )
-        with flock_exclusive(fd, timeout, busy):
-            yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock

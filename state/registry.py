@@ -28,7 +28,7 @@ import random
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -137,6 +137,19 @@ class PluginRecord:
     def to_dict(self) -> dict[str, Any]:
         return _record_dict(self)
 
+    def summary(self, versions: Iterable[VersionRecord]) -> dict[str, Any]:
+        """The plugin as the API and the CLI show it, with ``versions`` summarised."""
+        return {
+            "name": self.name,
+            "active_version": self.active_version,
+            "previous_version": self.previous_version,
+            "highest_version": self.highest_version,
+            "disabled": self.disabled,
+            "disabled_reason": self.disabled_reason,
+            "disabled_at": None if self.disabled_at is None else self.disabled_at.isoformat(),
+            "versions": [v.summary() for v in versions],
+        }
+
 
 @dataclass(frozen=True)
 class VersionRecord:
@@ -160,6 +173,24 @@ class VersionRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return _record_dict(self)
+
+    def summary(self) -> dict[str, Any]:
+        """The version as the API and the CLI list it (no manifest, no scan report)."""
+        review = None
+        if self.review_by is not None:
+            at = None if self.review_at is None else self.review_at.isoformat()
+            review = {"by": self.review_by, "reason": self.review_reason, "at": at}
+        return {
+            "plugin": self.plugin,
+            "version": self.version,
+            "status": self.status.value,
+            "digest": self.digest,
+            "keyid": self.keyid,
+            "profile": self.profile,
+            "requires": dict(self.requires),
+            "created": self.created.isoformat(),
+            "review": review,
+        }
 
 
 @dataclass(frozen=True)

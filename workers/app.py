@@ -18,7 +18,6 @@ import contextlib
 import os
 import socket
 import sqlite3
-import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,7 +26,7 @@ from celery.signals import worker_process_init, worker_ready
 from plugvisor.core.config import Settings, load_settings
 from plugvisor.core.errors import ConfigError, PlugvisorError
 from plugvisor.core.log import configure_logging, get_logger
-from plugvisor.messaging.celery_app import PlugvisorCelery, new_celery
+from plugvisor.messaging.celery_app import AppCache, PlugvisorCelery, new_celery
 from plugvisor.messaging.jobs import JOBS, enqueue, open_registry
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.registry import JobStatus
@@ -53,17 +52,8 @@ def make_celery(settings: Settings) -> PlugvisorCelery:
     return app
 
 
-_apps: dict[Settings, PlugvisorCelery] = {}
-_apps_lock = threading.Lock()
-
-
-def get_app(settings: Settings) -> PlugvisorCelery:
-    """The cached app for ``settings`` (one per settings object per process)."""
-    with _apps_lock:
-        app = _apps.get(settings)
-        if app is None:
-            app = _apps[settings] = make_celery(settings)
-        return app
+#: The worker's app for ``settings`` (one per settings object per process).
+get_app = AppCache(make_celery)
 
 
 #: Settings of the worker this process runs (set by run_worker before pool children fork).

@@ -128,3 +128,45 @@ def test_sigterm_drains_calls_in_flight(daemon_kit):
     t.join(timeout=15)
     assert result.get("value", {}).get("version") == "1.0.0", result
     assert kit.proc.wait(15) == 0
+
+
+def test_start_removes_crash_debris_and_keeps_every_recorded_version(daemon_kit):
+    kit = daemon_kit
+    live = kit.add_version("tidy", "1.0.0", activate=True)
+    waiting = kit.add_version("tidy", "2.0.0", status="review")  # recorded, not active
+    layout = kit.layout
+    layout.ensure()
+    # What a crash mid-install leaves: the install's staging dir, an extraction's temp
+    # sibling, and a stored tree whose registry row was never written.
+    crashed = layout.staging_dir / ("ab" * 16)
+    (crashed / "tidy").mkdir(parents=True)
+    partial = layout.staging_dir / f".{'cd' * 16}.x1y2.part"
+    partial.mkdir()
+    orphan = layout.versions_dir / ("ef" * 32)
+    orphan.mkdir()
+    (orphan / "plugin.yaml").write_text("name: tidy\n")
+    # The API's upload spool is not install debris: an upload waiting for its job stays.
+    spool = layout.staging_dir / "uploads"
+    spool.mkdir(exist_ok=True)
+    (spool / "queued.tar.gz").write_bytes(b"x")
+
+    kit.env["PLUGVISOR_RECOVERY_GRACE_S"] = "0"  # everything above counts as old
+    kit.start()
+
+    assert sorted(os.listdir(layout.staging_dir)) == ["uploads"]
+    assert (spool / "queued.tar.gz").read_bytes() == b"x"
+    assert sorted(os.listdir(layout.versions_dir)) == sorted([live, waiting])
+    assert kit.client().call("tidy", {})["version"] == "1.0.0"
+    assert "state_recovered" in kit.log_tail(200)
+
+
+def test_start_spares_fresh_unrecorded_trees(daemon_kit):
+    kit = daemon_kit
+    kit.add_version("young", "1.0.0", activate=True)
+    layout = kit.layout
+    fresh = layout.versions_dir / ("01" * 32)  # a worker may be about to record it
+    fresh.mkdir(parents=True)
+    staged = layout.staging_dir / ("02" * 16)
+    staged.mkdir(parents=True)
+    kit.start()  # default grace: an hour for trees, five minutes for staging
+    assert fresh.is_dir() and staged.is_dir()

@@ -25,10 +25,11 @@ from plugvisor.core.archive import pack
 from plugvisor.core.config import Settings, load_settings
 from plugvisor.core.errors import PlugvisorError
 from plugvisor.core.signing import generate_keypair, verify_signature
-from plugvisor.state.install import install_archive, recover_state, store_archive
+from plugvisor.state.install import install_archive, store_archive
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.quarantine import Quarantine
 from plugvisor.state.registry import Registry, VersionStatus
+from plugvisor.state.staging import recover_state
 from plugvisor.state.store import VersionStore
 from plugvisor.state.trust import TrustStore
 
