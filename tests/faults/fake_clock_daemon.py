@@ -1,4 +1,4 @@
-"""Test hook: ``plugvisor`` with a wall clock shifted by ``$PLUGVISOR_TEST_CLOCK_FILE``.
+"""Test hook: the daemon with a wall clock shifted by ``$PLUGVISOR_TEST_CLOCK_FILE``.
 
 Used as ``PLUGVISOR_TEST_DAEMON_CMD`` by the clock-jump faults: ``time.time()`` and
 ``time.time_ns()`` return the real wall clock plus the offset (seconds, a float) the
@@ -45,10 +45,14 @@ def main() -> None:
     time.time = lambda: _real_time() + _offset[0]
     time.time_ns = lambda: _real_time_ns() + int(_offset[0] * 1e9)
     threading.Thread(target=_follow, args=(path,), name="fake-clock", daemon=True).start()
-    from plugvisor.cli import main as cli_main  # noqa: PLC0415 -- after the clock is patched
+    # The daemon's own entry point, in this process: ``plugvisor daemon`` would exec a
+    # fresh interpreter and lose the patched clock. Called as the CLI is
+    # (``--state-dir DIR daemon``): the trailing command name is the CLI's, not the daemon's.
+    from plugvisor.core.entrypoint import run_process  # noqa: PLC0415 -- after the patch
+    from plugvisor.daemon.__main__ import main as daemon_main  # noqa: PLC0415
 
-    sys.argv[0] = "plugvisor"
-    cli_main()
+    sys.argv = [sys.argv[0], *(a for a in sys.argv[1:] if a != "daemon")]
+    run_process(daemon_main)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import threading
+import time
 
 import pytest
 
@@ -111,10 +112,16 @@ def test_sigterm_drains_calls_in_flight(daemon_kit):
     kit.add_version("patient", "1.0.0", activate=True)
     kit.start()
     result = {}
+    # The call must still be running when the status poll sees it: it lasts many times
+    # what a status round trip takes on this machine now (measured, not assumed), within
+    # the default profile's 5 s per request.
+    t0 = time.monotonic()
+    kit.command("status")
+    call_s = min(4.5, max(1.0, 20 * (time.monotonic() - t0)))
 
     def slow_call():
         try:
-            result["value"] = kit.client().call("patient", {"sleep": 1.0})
+            result["value"] = kit.client().call("patient", {"sleep": call_s})
         except PlugvisorError as exc:
             result["error"] = exc.code
 
@@ -122,12 +129,12 @@ def test_sigterm_drains_calls_in_flight(daemon_kit):
     t.start()
     kit.wait_for(
         lambda: (kit.command("status")["result"]["plugins"]["patient"]["pool"] or {}).get("busy"),
-        5, "the slow call to be in flight",
+        call_s, "the slow call to be in flight",
     )  # fmt: skip
     kit.proc.send_signal(signal.SIGTERM)
-    t.join(timeout=15)
+    t.join(timeout=call_s + 15)
     assert result.get("value", {}).get("version") == "1.0.0", result
-    assert kit.proc.wait(15) == 0
+    assert kit.proc.wait(call_s + 15) == 0
 
 
 def test_start_removes_crash_debris_and_keeps_every_recorded_version(daemon_kit):
