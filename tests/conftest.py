@@ -7,15 +7,22 @@ reuses a broker already listening on 127.0.0.1:5672, otherwise starts Debian's
 using a broker a fixture started stops it, and the epmd it started. Without
 ``rabbitmq-server`` installed, the tests that ask for it are skipped LOUDLY
 (``scripts/test.sh`` installs it).
+
+``_restore_logging`` (autouse): a test that runs a CLI command or an entry point calls
+``configure_logging``, which sets structlog's level filter process-wide (the CLI group's
+default is ``warning``); without the restore, a later test in the same session that
+expects info records (``test_log_records_reach_the_parent``) lost them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import warnings
 from collections.abc import Iterator
 
 import pytest
+import structlog
 
 from plugvisor.tests.support.rabbitmq import BrokerUnavailable, loopback_rabbitmq
 
@@ -39,3 +46,21 @@ def rabbitmq_url() -> Iterator[str]:
             warnings.warn("rabbitmqctl could not add a vhost: using the default vhost '/'",
                           stacklevel=1)  # fmt: skip
         yield url
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """Put structlog's configuration and the root logger back as they were before the test."""
+    saved = structlog.get_config()
+    saved["processors"] = list(saved["processors"])  # capture_logs edits the list in place
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    structlog.configure(**saved)
+    for handler in root.handlers:
+        if handler not in handlers:
+            root.removeHandler(handler)
+    for handler in handlers:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(level)

@@ -46,6 +46,7 @@ from plugvisor.core.fs import exchange_paths, fsync_dir, remove_tree
 from plugvisor.core.log import get_logger
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.registry import Registry
+from plugvisor.workers.hooks import on_step
 
 if TYPE_CHECKING:
     from plugvisor.core.config import Settings
@@ -58,7 +59,6 @@ __all__ = [
     "copy_sqlite",
     "copy_tree",
     "list_backups",
-    "pause_for_test",
     "read_backup",
     "restore_stage_path",
     "snapshot_active",
@@ -326,7 +326,7 @@ def snapshot_active(
         db = layout.plugin_db(name)
         if db.is_file():
             copy_sqlite(db, data / "db.sqlite")
-        pause_for_test("snapshot", tmp)
+        on_step("snapshot", tmp)
         manifest = {
             "format": _FORMAT,
             "plugin": name,
@@ -428,25 +428,3 @@ def stage_restore(settings: Settings, name: str, version: str, job_id: str) -> d
         remove_tree(stage)
         raise
     return {"stage": str(stage), "applied": False}
-
-
-# ---- test hook -------------------------------------------------------------------------------
-
-
-def pause_for_test(step: str, where: Path) -> None:
-    """Test-only: pause ``step`` while ``$PLUGVISOR_TEST_PAUSE_DIR/<step>.armed`` exists.
-
-    Writes ``<dir>/<step>.reached`` (this pid and ``where``) and waits until the
-    ``armed`` file is removed (at most 60 s), so a fault test can kill the worker
-    mid-step without sleeping. Without the variable (production) it is one lookup.
-    """
-    gate = os.environ.get("PLUGVISOR_TEST_PAUSE_DIR")
-    if not gate:
-        return
-    armed = Path(gate) / f"{step}.armed"
-    if not armed.exists():
-        return
-    (Path(gate) / f"{step}.reached").write_text(f"{os.getpid()} {where}\n")
-    deadline = time.monotonic() + 60.0
-    while armed.exists() and time.monotonic() < deadline:
-        time.sleep(0.01)

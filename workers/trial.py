@@ -31,7 +31,8 @@ from plugvisor.sandbox import HostSpec, PluginHost, Spawner
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.security_log import SecurityLog
 from plugvisor.state.store import VersionStore
-from plugvisor.workers.snapshot import copy_sqlite, copy_tree, pause_for_test
+from plugvisor.workers.hooks import on_step
+from plugvisor.workers.snapshot import copy_sqlite, copy_tree
 
 if TYPE_CHECKING:
     from plugvisor.core.config import Settings
@@ -167,7 +168,7 @@ def run_trial(
             raise
         try:
             timings = dict(host.timings)
-            pause_for_test("trial", scratch)
+            on_step("trial", scratch)
             healthy = host.health(timeout=settings.swap_health_timeout_s)
             found = _collector.take(name, version)
             if found:

@@ -1,56 +1,31 @@
 """Fixtures of the fault-injection suite: the integration suites' rigs, reused, plus probes.
 
-``daemon_kit`` is the integration suite's fixture (a real daemon over a throw-away state
-dir), loaded from ``tests/integration/conftest.py`` rather than copied: test directories
-cannot import each other's conftest, so the module is loaded by path. ``reload_rig``
-builds the reload suite's :class:`Rig` (a daemon and a ``plugvisor worker`` on the
-embedded broker, with the worker's pause hook) from ``test_workers_reload.py`` the same
-way. ``fake_clock`` runs the daemon under ``fake_clock_daemon.py``, which shifts
-``time.time()`` (the wall clock) by what a file says, leaving ``time.monotonic()`` alone.
+``daemon_kit`` is the daemon rig's fixture (:mod:`plugvisor.tests.support.daemonkit`,
+re-exported here by name). ``reload_rig`` is the reload rig
+(:mod:`plugvisor.tests.support.reloadrig`: a daemon and a worker on the embedded broker,
+with the worker's pause hook). ``fake_clock`` runs the daemon under
+``fake_clock_daemon.py``, which shifts ``time.time()`` (the wall clock) by what a file
+says, leaving ``time.monotonic()`` alone.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import shutil
-import sys
-import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
-from plugvisor.core.config import load_settings
-from plugvisor.core.signing import generate_keypair
-from plugvisor.state.layout import StateLayout
-from plugvisor.state.trust import TrustStore
+from plugvisor.tests.support.daemonkit import daemon_kit
 from plugvisor.tests.support.procs import alive, descendants, orphan_sandbox_processes
+from plugvisor.tests.support.reloadrig import Rig
+from plugvisor.tests.support.reloadrig import reload_rig as _reload_rig
+from plugvisor.tests.support.waiting import wait_for
+
+__all__ = ["daemon_kit", "fake_clock", "faults", "reload_rig"]
 
 HERE = Path(__file__).resolve().parent
-INTEGRATION = HERE.parent / "integration"
-
-
-def _load(path: Path, name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None, path
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-_integration = _load(INTEGRATION / "conftest.py", "_pv_faults_integration_conftest")
-_reload = _load(INTEGRATION / "test_workers_reload.py", "_pv_faults_workers_reload")
-
-#: The integration suite's daemon fixture (registered here by name).
-daemon_kit = _integration.daemon_kit
-wait_for = _integration.wait_for
-Rig = _reload.Rig
-RELOAD_SOURCE: str = _reload.SOURCE
 
 
 class FaultTools:
@@ -122,39 +97,7 @@ def fake_clock(daemon_kit: Any, monkeypatch: pytest.MonkeyPatch) -> FakeClock:
 
 
 @pytest.fixture(scope="module")
-def reload_rig() -> Iterator[Any]:
+def reload_rig() -> Iterator[Rig]:
     """A daemon and a worker on the embedded broker over one state dir (module scope)."""
-    base = Path(tempfile.mkdtemp(dir="/tmp", prefix="pv-faults-"))
-    os.chmod(base, 0o755)  # the sandbox user traverses to versions/
-    root = base / "state"
-    gate = base / "gate"
-    gate.mkdir()
-    queue = f"plugvisor.jobs.faults-{uuid.uuid4().hex[:12]}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PLUGVISOR_")}
-    env.pop("NOTIFY_SOCKET", None)
-    env.pop("WATCHDOG_USEC", None)
-    env.update(
-        PLUGVISOR_STATE_DIR=str(root), PLUGVISOR_BROKER_URL="", PLUGVISOR_JOB_QUEUE=queue,
-        PLUGVISOR_BROKER_POLLING_INTERVAL="0.01", PLUGVISOR_METRICS_PORT="0",
-        PLUGVISOR_LOG_FORMAT="console", PLUGVISOR_WATCH_WINDOW_S="0",
-        PLUGVISOR_DRAIN_TIMEOUT_S="5", PLUGVISOR_PLUGIN_CONCURRENCY="2",
-        PLUGVISOR_BACKUP_RETENTION="3", PLUGVISOR_TEST_PAUSE_DIR=str(gate),
-    )  # fmt: skip
-    overrides: dict[str, Any] = {
-        "state_dir": str(root), "broker_url": "", "job_queue": queue,
-        "broker_polling_interval": 0.01, "backup_retention": 3,
-    }  # fmt: skip
-    settings = load_settings(overrides, env={})
-    StateLayout(root).ensure()
-    generate_keypair(base / "signer")
-    TrustStore(root).trust(base / "signer.pub")
-    rig = Rig(root, "sqlite", settings, env, base / "signer", gate)
-    try:
-        rig.start_daemon()
-        rig.start_worker()
+    with _reload_rig("sqlite", prefix="pv-faults-") as rig:
         yield rig
-    finally:
-        for step in ("snapshot", "trial"):
-            rig.disarm(step)
-        rig.stop()
-        shutil.rmtree(base, ignore_errors=True)

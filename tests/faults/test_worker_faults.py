@@ -126,10 +126,9 @@ def test_embedded_broker_locked_mid_job_loses_no_job(reload_rig: Any) -> None:
         try:
 
             def enqueue() -> None:
-                t0 = time.monotonic()
                 try:
                     started["id"] = start_job(rig.settings, ReloadJob(name=second))
-                    started["took"] = time.monotonic() - t0
+                    started["done"] = time.monotonic()
                 except Exception as exc:
                     started["error"] = repr(exc)
 
@@ -139,11 +138,14 @@ def test_embedded_broker_locked_mid_job_loses_no_job(reload_rig: Any) -> None:
             # The fault lasts 3 s (its duration is the variable, not a synchronisation).
             time.sleep(3.0)
         finally:
+            released = time.monotonic()
             lock.execute("COMMIT")
             lock.close()
         sender.join(timeout=60)
         assert "id" in started, started
-        assert started["took"] > 2.0, started  # the fault was real: publishing waited for it
+        # The fault was real: publishing could not complete while the broker was locked
+        # (an order of events, not a duration: no assumption on this machine's speed).
+        assert started["done"] >= released, started
         jobs = [rig.wait(running), rig.wait(started["id"])]
     finally:
         rig.disarm("trial")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
 
 import pytest
@@ -106,12 +105,14 @@ def test_unhealthy_version_is_never_served(daemon_kit):
 
 
 def test_erroring_version_is_rolled_back_within_the_watch_window(daemon_kit):
+    # A window no test run outlasts: the rollback must come from the errors seen inside
+    # it, however slowly this machine makes the calls (was 5 s and "< 5 s" asserted).
+    daemon_kit.env["PLUGVISOR_WATCH_WINDOW_S"] = "600"
     daemon_kit.add_version("shaky", "1.0.0", activate=True)
     daemon_kit.add_version("shaky", "2.0.0", mode="error")
     daemon_kit.start()
     client = daemon_kit.client()
     assert client.call("shaky", {})["version"] == "1.0.0"
-    t0 = time.monotonic()
     outcome = daemon_kit.command("activate", name="shaky", version="2.0.0")
     assert outcome["ok"] and outcome["result"]["to"] == "2.0.0"
     errors = 0
@@ -125,8 +126,7 @@ def test_erroring_version_is_rolled_back_within_the_watch_window(daemon_kit):
             errors += 1
             return False
 
-    daemon_kit.wait_for(back_on_v1, 5, "automatic rollback to 1.0.0")
-    assert time.monotonic() - t0 < 5  # inside the 5 s watch window of the fixture
+    daemon_kit.wait_for(back_on_v1, 30, "automatic rollback to 1.0.0")
     assert errors >= 3  # the fixture's watch_error_threshold
     with daemon_kit.registry() as reg:
         assert reg.get_plugin("shaky").active_version == "1.0.0"

@@ -18,7 +18,7 @@ import textwrap
 import time
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +47,9 @@ from plugvisor.state.layout import StateLayout
 from plugvisor.state.quarantine import Quarantine
 from plugvisor.state.registry import JobStatus, Registry, VersionStatus
 from plugvisor.state.trust import TrustStore
+from plugvisor.tests.support.paused_worker import PauseGate, worker_command
 from plugvisor.workers.app import recover_stale_jobs
 
-REPO = Path(__file__).resolve().parents[2]
-PLUGVISOR = REPO / ".venv" / "bin" / "plugvisor"
 JOB_TIMEOUT = 60.0
 
 CLEAN_SOURCE = '''
@@ -143,6 +142,11 @@ class WorkerKit:
     def start_worker(self) -> None:
         self.proc, self.log_path = _start_worker(self.root, self.env_extra)
 
+    @property
+    def gate(self) -> PauseGate:
+        """Holds the worker's steps (see plugvisor.tests.support.paused_worker)."""
+        return PauseGate(self.root.parent / "gate")
+
     def worker_log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
 
@@ -153,16 +157,15 @@ def _start_worker(root: Path, env_extra: dict[str, str]) -> tuple[subprocess.Pop
     log_path = root.parent / "worker.log"
     with log_path.open("ab") as log:  # appended: a restarted worker keeps the history
         proc = subprocess.Popen(
-            [
-                str(PLUGVISOR),
-                "--state-dir",
-                str(root),
-                "worker",
+            # The plain worker plus the pause-file step hook (nothing paused unless armed).
+            worker_command(
+                root.parent / "gate",
+                root,
                 "--concurrency",
                 "1",
                 "--hostname",
                 f"test-{uuid.uuid4().hex[:12]}@%h",
-            ],
+            ),
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -203,6 +206,7 @@ def _kit(base: Path, broker_url: str, settings_env: dict[str, str]) -> Iterator[
         **settings_env,
     }
     root = base / "state"
+    (base / "gate").mkdir()
     overrides: dict[str, Any] = {
         key[len("PLUGVISOR_") :].lower(): value for key, value in env_extra.items()
     }
@@ -509,39 +513,39 @@ def test_spooled_upload_is_removed_once_the_job_finished(kit: WorkerKit) -> None
     assert Quarantine(kit.layout).list()[-1].archive is not None  # the refused copy stays
 
 
-def _slow_plugin_source(lines: int) -> str:
-    """Honest code long enough that scanning it takes a second or more."""
-    body = "\n".join(
-        f"def f{i}(x):\n    return json.dumps({{'v': x + {i}}})\n" for i in range(lines)
-    )
-    return "import json\n\n" + body + "\n\nclass Plugin:\n    def handle(self, request):\n" \
-        "        return f0(1)\n"  # fmt: skip
-
-
 def test_pool_process_killed_mid_scan_loses_no_job(kit: WorkerKit) -> None:
     """SIGKILL the pool child while it scans: the message is requeued and the step re-run."""
-    archive = kit.build(_slow_plugin_source(1500))  # scan ~0.6 s: a wide kill window
-    job_id = start_job(kit.settings, UploadJob(archive=str(archive)))
-    registry = kit.registry()
-    deadline = time.monotonic() + JOB_TIMEOUT
-    while True:  # wait for the scan step to be under way
-        job = registry.get_job(job_id)
-        if job.status is JobStatus.running and job.step == "scan":
-            break
-        assert job.status is JobStatus.queued or job.status is JobStatus.running, job.to_dict()
-        assert time.monotonic() < deadline, "scan step never started"
-        time.sleep(0.005)
-    children = psutil.Process(kit.proc.pid).children()
-    assert children, "prefork worker without a pool process"
-    for child in children:
-        child.kill()
-    done = kit.wait(job_id)
-    registry.close()
+    kit.gate.arm("scan")  # the scan holds until killed: the kill always lands mid-scan
+    try:
+        job_id = start_job(kit.settings, UploadJob(archive=str(kit.build(CLEAN_SOURCE))))
+        held = _wait_until(kit, lambda: kit.gate.reached("scan"), "the scan to be under way")
+        pid, _tree = held
+        children = psutil.Process(kit.proc.pid).children()
+        assert pid in {child.pid for child in children}, "the scan runs in a pool process"
+        held_proc = psutil.Process(pid)
+        held_proc.kill()  # killed while held: it never scans
+        held_proc.wait(timeout=10)
+        kit.gate.disarm("scan")  # the redelivered scan (held too until now) goes through
+        done = kit.wait(job_id)
+    finally:
+        kit.gate.disarm("scan")
     _assert_succeeded(kit, done)
     attempts = {s["name"]: s["attempt"] for s in done.steps}
     assert attempts == {"validate_install": 1, "scan": 2}, done.steps
     assert done.result["status"] == "approved"
     assert kit.proc.poll() is None  # the worker itself survived and replaced its child
+
+
+def _wait_until(kit: WorkerKit, cond: Callable[[], Any], what: str) -> Any:
+    """Poll ``cond`` until truthy; fail (with the worker's log) at the deadline or if it died."""
+    deadline = time.monotonic() + JOB_TIMEOUT
+    while not (value := cond()):
+        if kit.proc.poll() is not None:
+            pytest.fail(f"worker exited with {kit.proc.returncode}:\n{kit.worker_log()}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}:\n{kit.worker_log()}")
+        time.sleep(0.01)
+    return value
 
 
 def test_jobs_queued_while_the_worker_is_down_run_after_a_crash(kit: WorkerKit) -> None:
@@ -558,17 +562,31 @@ def test_jobs_queued_while_the_worker_is_down_run_after_a_crash(kit: WorkerKit) 
     assert [job.result["status"] for job in done] == ["approved", "review"]
 
 
+#: The job time limit of ``short_limit_kit``: far above what an unheld step takes (the
+#: validate step of a small plugin), so only a held step can run past it.
+SHORT_LIMIT_S = 3.0
+
+
 @pytest.fixture
 def short_limit_kit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerKit]:
-    """A worker (embedded broker) whose tasks may run 1.5 s (soft limit 1.35 s)."""
+    """A worker (embedded broker) whose tasks may run SHORT_LIMIT_S (soft limit at 90 %)."""
     yield from _kit(
-        tmp_path_factory.mktemp("workers-limit"), "", {"PLUGVISOR_JOB_TIME_LIMIT_S": "1.5"}
+        tmp_path_factory.mktemp("workers-limit"),
+        "",
+        {"PLUGVISOR_JOB_TIME_LIMIT_S": str(SHORT_LIMIT_S)},
     )
 
 
 def test_scan_past_the_time_limit_fails_the_job(short_limit_kit: WorkerKit) -> None:
+    """The scan is held (not merely slow) until the soft time limit ends it."""
     kit = short_limit_kit
-    job = kit.upload(kit.build(_slow_plugin_source(6000)))  # scanning takes ~2.5 s
+    kit.gate.arm("scan")  # released only by the time limit (or the finally below)
+    try:
+        job_id = start_job(kit.settings, UploadJob(archive=str(kit.build(CLEAN_SOURCE))))
+        job = kit.wait(job_id)
+    finally:
+        kit.gate.disarm("scan")
+    assert kit.gate.reached("scan") is not None, "the scan never reached its hook point"
     assert job.status is JobStatus.failed, (job.to_dict(), kit.worker_log())
     assert job.error["code"] == "job.time_limit", job.error
     assert [s["status"] for s in job.steps] == ["succeeded", "failed"]

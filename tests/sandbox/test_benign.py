@@ -18,6 +18,7 @@ import pytest
 import structlog
 
 from plugvisor.core.errors import PlugvisorError
+from plugvisor.core.log import configure_logging
 
 CASES: dict[str, tuple[Any, Any]] = {
     "ok_text": (
@@ -312,6 +313,12 @@ def test_db_persists_across_calls_and_restart(kit: Any) -> None:
 
 
 def test_log_records_reach_the_parent(kit: Any) -> None:
+    """Info, warning and error records from setup() and a request, tagged with the plugin.
+
+    The level filter is process-wide: set it here rather than inherit whatever an earlier
+    test configured (the autouse ``_restore_logging`` puts it back afterwards).
+    """
+    configure_logging(level="debug", fmt="json", component="test")
     token = uuid.uuid4().hex
     with structlog.testing.capture_logs() as records:
         host = kit.spawn("ok_log")
