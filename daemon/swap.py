@@ -48,13 +48,10 @@ from plugvisor.core.errors import (
 from plugvisor.core.fs import exchange_paths
 from plugvisor.core.log import get_logger
 from plugvisor.daemon.supervisor import PluginSlot, SlotState, Supervisor, Watch
+from plugvisor.state.backups import RESTORE_ID, read_restore_id
 from plugvisor.state.registry import ACTIVATABLE, ActivationCheck
 
-__all__ = ["RESTORE_ID", "SwapEngine"]
-
-#: The file a worker writes last into a staged data restore (its job id): the daemon
-#: compares it with ``data/NAME/RESTORE_ID`` to tell an applied restore from a new one.
-RESTORE_ID = "RESTORE_ID"
+__all__ = ["SwapEngine"]
 
 _log = get_logger("plugvisor.daemon.swap")
 
@@ -168,13 +165,12 @@ class SwapEngine:
                 "invalid_field", f"restore_from must be a staged data/.restore-{name}-* "
                 f"directory, not {restore_from}", field="restore_from",
             )  # fmt: skip
-        try:
-            restore_id = (stage / RESTORE_ID).read_text().strip()
-        except OSError as exc:
+        restore_id = read_restore_id(stage)
+        if restore_id is None:
             raise ApiError(
                 "invalid_field", f"{restore_from} is not a complete staged restore (no "
-                f"{RESTORE_ID}: {exc})", field="restore_from",
-            ) from exc  # fmt: skip
+                f"readable {RESTORE_ID})", field="restore_from",
+            )  # fmt: skip
         return stage, restore_id
 
     def _swap_with_data(self, name: str, version: str, restore_from: str) -> dict[str, Any]:
@@ -204,7 +200,7 @@ class SwapEngine:
             sup.verify(info.digest)  # before any downtime: a bad tree refuses at once
             old_version = check.plugin.active_version
             layout.ensure_plugin_data(name)
-            already = _read_id(live) == restore_id
+            already = read_restore_id(live) == restore_id
             old_pool = sup.route(slot, None, SlotState.DOWN, f"rolling back to {version}: "
                                  "restoring its data")  # fmt: skip
             if old_pool is not None:
@@ -331,10 +327,3 @@ def _refuse_disabled(check: ActivationCheck) -> None:
             f"{plugin.name} is disabled ({plugin.disabled_reason}); enable it first",
             plugin=plugin.name,
         )
-
-
-def _read_id(path: Path) -> str | None:
-    try:
-        return (path / RESTORE_ID).read_text().strip()
-    except OSError:
-        return None

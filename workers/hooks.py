@@ -6,8 +6,9 @@ in the worker's main process before the pool forks, so every pool child inherits
 it can then hold a step at a known instant (to kill the process running it, or to keep
 it running past a time limit) without production code reading any test setting.
 
-Steps that call the hook: ``"snapshot"`` (:func:`plugvisor.workers.snapshot.snapshot_active`,
-``where`` = the temporary backup directory, data copied, manifest not yet written) and
+Steps that call the hook: ``"snapshot"`` (passed by the reload job to
+:func:`plugvisor.state.backups.snapshot_active`, ``where`` = the temporary backup
+directory, data copied, manifest not yet written) and
 ``"trial"`` (:func:`plugvisor.workers.trial.run_trial`, ``where`` = the scratch directory,
 host started, health not yet asked).
 """

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import os
 import time
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -56,18 +57,19 @@ from plugvisor.messaging.celery_app import soft_time_limit
 from plugvisor.messaging.commands import Activate, Command, Rollback
 from plugvisor.messaging.control import outcome_result, send_command
 from plugvisor.messaging.jobs import open_registry
-from plugvisor.state.layout import StateLayout
-from plugvisor.state.registry import ACTIVATABLE, Registry, VersionStatus
-from plugvisor.state.store import VersionStore
-from plugvisor.state.trust import TrustStore
-from plugvisor.workers.jobs import JobFailed, JobRun, Step
-from plugvisor.workers.snapshot import (
-    RESTORE_ID,
+from plugvisor.state.backups import (
     read_backup,
+    read_restore_id,
     snapshot_active,
     stage_restore,
     verify_backup,
 )
+from plugvisor.state.layout import StateLayout
+from plugvisor.state.registry import ACTIVATABLE, Registry, VersionStatus
+from plugvisor.state.store import VersionStore
+from plugvisor.state.trust import TrustStore
+from plugvisor.workers.hooks import on_step
+from plugvisor.workers.jobs import JobFailed, JobRun, Step
 from plugvisor.workers.trial import run_trial
 
 if TYPE_CHECKING:
@@ -148,7 +150,8 @@ def _snapshot(job: JobRun, settings: Settings) -> None:
 
     def snap(_step: Step) -> dict[str, Any]:
         out = snapshot_active(
-            settings, registry, str(target["name"]), job.job_id, protect={str(target["version"])}
+            settings, registry, str(target["name"]), job.job_id, protect={str(target["version"])},
+            on_copied=partial(on_step, "snapshot"),
         )  # fmt: skip
         return out if out is not None else {"skipped": "no active version"}
 
@@ -343,7 +346,7 @@ def _restore(job: JobRun, settings: Settings) -> None:
         # Refused or undone by the daemon: the staged copy still holds the backup's data
         # (its RESTORE_ID is ours), a duplicate of the backup: not worth keeping.
         stage = Path(str(staged["stage"]))
-        if _read_restore_id(stage) == job.job_id:
+        if read_restore_id(stage) == job.job_id:
             remove_tree(stage)
         raise
 
@@ -352,7 +355,7 @@ def _restore(job: JobRun, settings: Settings) -> None:
         stage = layout.data_dir / os.path.basename(str(staged["stage"]))
         if not stage.exists():
             return {"previous_data": None}
-        if _read_restore_id(stage) == job.job_id:
+        if read_restore_id(stage) == job.job_id:
             remove_tree(stage)  # never exchanged (the daemon found it applied already)
             return {"previous_data": None}
         dest = layout.plugin_backups_dir(name) / f".pre-rollback-{job.job_id.replace(':', '_')}"
@@ -374,13 +377,6 @@ def _restore(job: JobRun, settings: Settings) -> None:
         "snapshot": _backup_ref(job.step_result("snapshot")),
         "previous_data": kept.get("previous_data"),
     })  # fmt: skip
-
-
-def _read_restore_id(stage: Path) -> str | None:
-    try:
-        return (stage / RESTORE_ID).read_text().strip()
-    except OSError:
-        return None
 
 
 #: Short task name -> body (merged into the task registry by tasks.py).

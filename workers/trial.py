@@ -28,11 +28,11 @@ from plugvisor.core.log import get_logger
 from plugvisor.core.manifest import parse_plugin_yaml
 from plugvisor.core.profile import load_profile
 from plugvisor.sandbox import HostSpec, PluginHost, Spawner
+from plugvisor.state.backups import copy_sqlite, copy_tree
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.security_log import SecurityLog
 from plugvisor.state.store import VersionStore
 from plugvisor.workers.hooks import on_step
-from plugvisor.workers.snapshot import copy_sqlite, copy_tree
 
 if TYPE_CHECKING:
     from plugvisor.core.config import Settings

@@ -25,9 +25,9 @@ import psutil
 import pytest
 
 from plugvisor.messaging.jobs import ReloadJob, start_job
+from plugvisor.state.backups import verify_backup
 from plugvisor.state.registry import JobStatus
 from plugvisor.tests.support.procs import alive, descendants
-from plugvisor.workers.snapshot import verify_backup
 
 pytestmark = pytest.mark.slow
 

@@ -13,10 +13,10 @@ import pytest
 
 from plugvisor.core.config import Settings, load_settings
 from plugvisor.core.fs import exchange_paths
+from plugvisor.state import backups as snap
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.registry import Registry
 from plugvisor.testing import store_test_version
-from plugvisor.workers import snapshot as snap
 
 
 @pytest.fixture
@@ -75,6 +75,22 @@ def test_snapshot_is_idempotent_per_job_and_replaces_per_version(state) -> None:
     other = snap.snapshot_active(settings, registry, "beta", "job-2")
     assert other is not None and other["job_id"] == "job-2"
     assert os.listdir(layout.plugin_backups_dir("beta")) == ["1.0.0"]  # no debris
+
+
+def test_on_copied_sees_the_copied_data_before_the_manifest(state) -> None:
+    settings, registry, layout = state
+    _live(layout, registry, "theta", "1.0.0")
+    seen: list[tuple[bool, bool, bool]] = []
+
+    def on_copied(tmp: Path) -> None:
+        seen.append((
+            (tmp / "data" / "files" / "notes.txt").is_file(),
+            (tmp / "data" / "db.sqlite").is_file(),
+            (tmp / "manifest.json").exists(),
+        ))  # fmt: skip
+
+    snap.snapshot_active(settings, registry, "theta", "job-1", on_copied=on_copied)
+    assert seen == [(True, True, False)]
 
 
 def test_failed_snapshot_leaves_no_partial_backup(state, monkeypatch) -> None:

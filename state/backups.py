@@ -23,6 +23,9 @@ Restore (rollback): :func:`stage_restore` builds ``data/.restore-NAME-<job>/`` (
 file system as ``data/NAME/``) holding ``files/``, ``db.sqlite`` and a ``RESTORE_ID``
 written last; the daemon's ``rollback`` command with ``restore_from`` exchanges it with
 ``data/NAME/`` while no host of the plugin runs (see :mod:`plugvisor.daemon.swap`).
+
+This module is the one owner of ``backups/``: workers write snapshots and stage restores
+through it, the daemon reads :data:`RESTORE_ID` from it.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import secrets
 import shutil
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,7 +49,6 @@ from plugvisor.core.fs import exchange_paths, fsync_dir, remove_tree
 from plugvisor.core.log import get_logger
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.registry import Registry
-from plugvisor.workers.hooks import on_step
 
 if TYPE_CHECKING:
     from plugvisor.core.config import Settings
@@ -60,6 +62,7 @@ __all__ = [
     "copy_tree",
     "list_backups",
     "read_backup",
+    "read_restore_id",
     "restore_stage_path",
     "snapshot_active",
     "stage_restore",
@@ -293,12 +296,16 @@ def snapshot_active(
     registry: Registry,
     name: str,
     job_id: str,
+    *,
     protect: Iterable[str] = (),
+    on_copied: Callable[[Path], None] | None = None,
 ) -> dict[str, Any] | None:
     """Back up ``name``'s active version to ``backups/NAME/VERSION/``; its description.
 
     ``None`` when the plugin has no active version (nothing to back up). Idempotent per
     ``job_id``: a complete backup written by the same job is returned as is.
+    ``on_copied(tmp)`` is called once the data is copied into the temporary directory
+    and before its manifest is written (the worker passes its step hook).
     """
     layout = StateLayout(settings.state_dir)
     plugin = registry.get_plugin(name)
@@ -326,7 +333,8 @@ def snapshot_active(
         db = layout.plugin_db(name)
         if db.is_file():
             copy_sqlite(db, data / "db.sqlite")
-        on_step("snapshot", tmp)
+        if on_copied is not None:
+            on_copied(tmp)
         manifest = {
             "format": _FORMAT,
             "plugin": name,
@@ -373,7 +381,8 @@ def restore_stage_path(layout: StateLayout, name: str, job_id: str) -> Path:
     return layout.data_dir / f".restore-{name}-{job_id.replace(':', '_')}"
 
 
-def _read_id(path: Path) -> str | None:
+def read_restore_id(path: Path) -> str | None:
+    """The job id in ``path/RESTORE_ID`` (a staged restore, or the live data it became)."""
     try:
         return (path / RESTORE_ID).read_text().strip()
     except OSError:
@@ -390,9 +399,9 @@ def stage_restore(settings: Settings, name: str, version: str, job_id: str) -> d
     layout = StateLayout(settings.state_dir)
     live = layout.plugin_data_root(name)
     stage = restore_stage_path(layout, name, job_id)
-    if _read_id(live) == job_id:
+    if read_restore_id(live) == job_id:
         return {"stage": str(stage), "applied": True}
-    if _read_id(stage) == job_id:
+    if read_restore_id(stage) == job_id:
         return {"stage": str(stage), "applied": False}
     if stage.exists():
         remove_tree(stage)

@@ -1,0 +1,76 @@
+"""The plugin registry: plugins, versions, dependency edges, jobs, commands and events.
+
+SQLAlchemy Core over SQLite in WAL mode (PostgreSQL for a fleet goes through the same
+statements). The schema is versioned in code (:mod:`.schema`): the migrations are applied
+in order, in one transaction, when a :class:`Registry` opens, and ``schema_version``
+remembers how far a database has come, so reopening is a no-op and an older binary
+refuses a newer DB.
+
+One module per aggregate, each a :class:`~.db.Database` subclass over the same engine:
+:mod:`.versions` (plugins, versions, activation, dependencies), :mod:`.jobs`,
+:mod:`.commands` and :mod:`.events`; :mod:`.records` holds what their rows read back as.
+:class:`Registry` is the facade the processes open: all four in one object, one engine.
+
+Versions are stored as text and compared in Python with :mod:`plugvisor.core.semver`
+(string order is not SemVer precedence). Two invariants are enforced inside the
+transaction that could break them: a new version must be higher than every version of
+that plugin ever recorded (``add_version``, the rollback-attack rule), and a plugin has at
+most one ``active`` version (``activate``, backed by a partial unique index so not even a
+buggy caller can store two).
+
+Who writes what (the single-writer rule, docs/ARCHITECTURE.md "State"): the daemon is the
+only writer of the *live* fields — which version is active, ``disabled``, and the events
+of swaps, crashes and violations; workers write what a job produces before anything runs
+— new versions, review statuses and reports, and their own job records — and ask the
+daemon (a control command) for every change to what serves calls.
+
+On SQLite every write transaction starts with ``BEGIN IMMEDIATE`` (the write lock is
+taken before the first read, so read-check-write sequences cannot interleave), and a
+write that still meets ``database is locked`` is retried until a deadline.
+
+Engines must not cross ``fork()``: open a :class:`Registry` in the process that uses it.
+"""
+
+from __future__ import annotations
+
+from plugvisor.state.registry.commands import Commands
+from plugvisor.state.registry.jobs import Jobs
+from plugvisor.state.registry.records import (
+    ACTIVATABLE,
+    ActivationCheck,
+    CommandRecord,
+    Dependent,
+    EventRecord,
+    JobRecord,
+    JobStatus,
+    PluginMetaLike,
+    PluginRecord,
+    VersionRecord,
+    VersionStatus,
+)
+from plugvisor.state.registry.schema import SCHEMA_VERSION
+from plugvisor.state.registry.versions import Versions
+
+__all__ = [
+    "ACTIVATABLE",
+    "SCHEMA_VERSION",
+    "ActivationCheck",
+    "CommandRecord",
+    "Dependent",
+    "EventRecord",
+    "JobRecord",
+    "JobStatus",
+    "PluginMetaLike",
+    "PluginRecord",
+    "Registry",
+    "VersionRecord",
+    "VersionStatus",
+]
+
+
+class Registry(Versions, Jobs, Commands):
+    """The registry database. Open with a :class:`StateLayout` or a SQLAlchemy URL.
+
+    ``lock_timeout`` bounds how long one write waits for the database lock (SQLite's
+    busy handler first, then retries) before :class:`StateError` ``state.locked``.
+    """

@@ -1,0 +1,71 @@
+"""Commands: control-plane commands as first recorded, and their outcomes (replay guard)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy.engine import Connection
+
+from plugvisor.core.errors import NotFoundError
+from plugvisor.state.registry.codec import dumps, loads, ts_req, utc_now
+from plugvisor.state.registry.db import Database
+from plugvisor.state.registry.records import CommandRecord
+from plugvisor.state.registry.schema import Q
+
+
+class Commands(Database):
+    """Recording, finishing and reading commands."""
+
+    # ---- control-plane commands and events ----------------------------------------------------
+    def record_command(
+        self, command_id: str, kind: str, params: Mapping[str, Any] | None = None
+    ) -> dict[str, Any] | None:
+        """Remember a command before applying it; return its outcome if it already finished.
+
+        ``None`` means "apply it now": the command is new, or an earlier attempt stopped
+        before :meth:`finish_command` (the daemon is the single writer, so re-applying
+        is safe: its state changes are transactions of their own).
+        """
+
+        def run(conn: Connection) -> dict[str, Any] | None:
+            row = conn.execute(Q.command, {"b_id": command_id}).first()
+            if row is not None:
+                outcome = loads(row.outcome)
+                return None if outcome is None else dict(outcome)
+            conn.execute(
+                Q.insert_command,
+                {"b_id": command_id, "b_kind": kind, "b_params": dumps(dict(params or {})),
+                 "b_now": utc_now()},
+            )  # fmt: skip
+            return None
+
+        return self._write(run)
+
+    def finish_command(self, command_id: str, outcome: Mapping[str, Any]) -> None:
+        """Store the outcome a repeated delivery of ``command_id`` will be answered with."""
+
+        def run(conn: Connection) -> None:
+            done = conn.execute(
+                Q.finish_command,
+                {"b_id": command_id, "b_outcome": dumps(dict(outcome)), "b_now": utc_now()},
+            )
+            if done.rowcount == 0:
+                raise NotFoundError(
+                    "command", f"command {command_id!r} was never recorded", command_id=command_id
+                )
+
+        self._write(run)
+
+    def get_command(self, command_id: str) -> CommandRecord:
+        """One command record; ``NotFoundError("command")`` when absent."""
+        with self._read() as conn:
+            row = conn.execute(Q.command, {"b_id": command_id}).first()
+        if row is None:
+            raise NotFoundError(
+                "command", f"command {command_id!r} was never recorded", command_id=command_id
+            )
+        return CommandRecord(
+            id=row.id, kind=row.kind, params=loads(row.params), outcome=loads(row.outcome),
+            created=ts_req(row.created),
+        )  # fmt: skip
