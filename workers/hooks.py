@@ -6,7 +6,8 @@ in the worker's main process before the pool forks, so every pool child inherits
 it can then hold a step at a known instant (to kill the process running it, or to keep
 it running past a time limit) without production code reading any test setting.
 
-Steps that call the hook: ``"snapshot"`` (passed by the reload job to
+Steps that call the hook: ``"scan"`` (:mod:`plugvisor.workers.tasks`, ``where`` = the stored
+tree, before it is scanned), ``"snapshot"`` (passed by the reload job to
 :func:`plugvisor.state.backups.snapshot_active`, ``where`` = the temporary backup
 directory, data copied, manifest not yet written) and
 ``"trial"`` (:func:`plugvisor.workers.trial.run_trial`, ``where`` = the scratch directory,

@@ -40,6 +40,7 @@ from plugvisor.scan.scanner import ScanReport, Severity, scan_tree
 from plugvisor.state.install import install_archive
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.registry import JobStatus, Registry, VersionRecord, VersionStatus
+from plugvisor.workers.hooks import on_step
 from plugvisor.workers.jobs import JobFailed, JobRun, Step
 from plugvisor.workers.reload import BODIES as RELOAD_BODIES
 
@@ -210,6 +211,7 @@ def scan_version(
     """
     profile = load_profile(record.profile or settings.default_profile, settings)
     tree = StateLayout(settings.state_dir).version_dir(record.digest)
+    on_step("scan", tree)
     report = scan_tree(tree, profile)
     limit = soft_time_limit(settings)
     if task_started is not None and time.monotonic() - task_started >= limit:

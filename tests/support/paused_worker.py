@@ -12,9 +12,8 @@ step while ``DIR/<step>.armed`` exists: it writes ``DIR/<step>.reached`` (the pi
 process in the step and its work dir) and waits until the test removes the ``armed``
 file (:class:`PauseGate` is the test's side). Production never reads any of this.
 
-Hook points: ``snapshot`` and ``trial`` (called by the product, see
-:mod:`plugvisor.workers.hooks`) and ``scan`` (added here around the scan of a stored
-tree, so a test can hold a scan past the job time limit).
+Hook points: ``scan``, ``snapshot`` and ``trial``, all called by the product (see
+:mod:`plugvisor.workers.hooks`).
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -93,23 +91,6 @@ def worker_command(gate: Path, state_dir: Path, *args: str, python: str | None =
             "--state-dir", str(state_dir), *args]  # fmt: skip
 
 
-def _wrap_scan(hook_step: Callable[[str, Path], None]) -> None:
-    """Call the hook before the worker scans a stored tree (step ``scan``, where = the tree).
-
-    The product has no hook point inside the scan step; this adds one around the scanner
-    as the job tasks call it, so a refactor that moves it fails here, loudly.
-    """
-    from plugvisor.workers import tasks  # noqa: PLC0415 -- after the hook is installed
-
-    real = tasks.scan_tree  # type: ignore[attr-defined]  # imported there, not exported
-
-    def scan_tree(tree: Path, *args: Any, **kwargs: Any) -> Any:
-        hook_step("scan", Path(tree))
-        return real(tree, *args, **kwargs)
-
-    tasks.scan_tree = scan_tree  # type: ignore[attr-defined,assignment]
-
-
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--gate", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Directory of the <step>.armed / <step>.reached files.")  # fmt: skip
@@ -124,10 +105,9 @@ def main(
     from plugvisor.core.config import load_settings  # noqa: PLC0415
     from plugvisor.core.log import configure_logging  # noqa: PLC0415
     from plugvisor.workers.app import run_worker  # noqa: PLC0415
-    from plugvisor.workers.hooks import on_step, set_step_hook  # noqa: PLC0415
+    from plugvisor.workers.hooks import set_step_hook  # noqa: PLC0415
 
     set_step_hook(pause_hook(gate))
-    _wrap_scan(on_step)
     settings = load_settings({"state_dir": state_dir})
     configure_logging(settings.log_level, settings.log_format, component="worker")
     sys.exit(run_worker(settings, concurrency=concurrency, pool=pool, hostname=hostname))
