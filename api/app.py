@@ -67,7 +67,7 @@ class ApiServices:
     def registry(self) -> Registry:
         with self._lock:
             if self._registry is None:
-                self._registry = Registry(self.layout)
+                self._registry = Registry.open(self.settings)
             return self._registry
 
     @property

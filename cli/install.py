@@ -43,13 +43,13 @@ def status(ctx: CliContext, name: str | None, as_json: bool) -> None:
     """List plugins (or one plugin NAME): active and previous version, every version's status."""
     ctx.as_json = ctx.as_json or as_json
     layout = StateLayout(ctx.settings.state_dir)
-    if not layout.registry_db.exists():
+    if not ctx.settings.database_url and not layout.registry_db.exists():
         # Reading status must not create a state directory at a mistyped path.
         if name is not None:
             raise NotFoundError("plugin", f"no plugin named {name!r}", plugin=name)
         emit(ctx, {"plugins": []}, "no plugins installed")
         return
-    with Registry(layout) as registry:
+    with Registry.open(ctx.settings) as registry:
         plugins = [registry.get_plugin(name)] if name else registry.list_plugins()
         rows = [(p, registry.list_versions(p.name)) for p in plugins]
     data = {"plugins": [p.summary(vs) for p, vs in rows]}

@@ -105,7 +105,7 @@ def _prepare(settings: Settings) -> str:
         generate_keypair(key)
     TrustStore(settings.state_dir).trust(Path(f"{key}.pub"))
     meta = parse_plugin_yaml((DEMO_PLUGIN / "plugin.yaml").read_bytes())
-    registry = Registry(layout)
+    registry = Registry.open(settings)
     try:
         try:
             registry.get_version(meta.name, str(meta.version))

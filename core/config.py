@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import socket
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -21,7 +22,7 @@ from typing import Any
 
 from plugvisor.core.errors import ConfigError
 
-__all__ = ["ENV_PREFIX", "Settings", "load_settings", "parse_size", "setting_docs"]
+__all__ = ["ENV_PREFIX", "HOST_ID", "Settings", "load_settings", "parse_size", "setting_docs"]
 
 ENV_PREFIX = "PLUGVISOR_"
 
@@ -52,6 +53,17 @@ class Settings:
 
     state_dir: Path = _s(  # noqa: RUF009 -- Path is immutable
         Path("var"), "State directory: registry, version store, backups, quarantine, logs, run/."
+    )
+    database_url: str = _s(
+        "",
+        "Registry database (SQLAlchemy URL). Empty means SQLite (registry.db in the state "
+        "directory); a fleet shares one PostgreSQL: postgresql://user:pass@host:5432/plugvisor "
+        "(driver psycopg 3).",
+    )
+    host_id: str = _s(
+        "",
+        "This server's name in the fleet: 1-63 characters of [a-z0-9._-]. Empty means the "
+        "machine's hostname, lower-cased.",
     )
     broker_url: str = _s(
         "",
@@ -128,6 +140,11 @@ class Settings:
     def embedded_broker(self) -> bool:
         return not self.broker_url
 
+    @property
+    def host(self) -> str:
+        """The effective ``host_id`` (the hostname when the setting is empty)."""
+        return self.host_id or socket.gethostname().lower()
+
     def with_overrides(self, **changes: Any) -> Settings:
         """A copy with some settings replaced (values are coerced and checked)."""
         data = dataclasses.asdict(self)
@@ -186,6 +203,10 @@ def _build(values: Mapping[str, Any], source: str) -> Settings:
     return settings
 
 
+#: What a host id may be: it names a RabbitMQ queue and a registry row, and shows in logs.
+HOST_ID = re.compile(r"^[a-z0-9._-]{1,63}$")
+
+
 def _check(s: Settings) -> None:
     positive = (
         "max_unpacked_bytes", "max_archive_files", "max_compression_ratio",
@@ -194,6 +215,10 @@ def _check(s: Settings) -> None:
     for name in positive:
         if getattr(s, name) <= 0:
             raise ConfigError("invalid_value", f"setting {name} must be > 0", setting=name)
+    if not HOST_ID.match(s.host):
+        source = "setting host_id" if s.host_id else "host_id (empty: the hostname)"
+        raise ConfigError("invalid_value", f"{source} {s.host!r} must be 1-63 characters of "
+                          "[a-z0-9._-]", setting="host_id")  # fmt: skip
     if s.log_format not in ("json", "console"):
         raise ConfigError("invalid_value", "setting log_format must be json or console",
                           setting="log_format")  # fmt: skip

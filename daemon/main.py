@@ -73,10 +73,11 @@ class Daemon:
         # Debris of a crash mid-install (staging leftovers, trees never recorded).
         recover_state(
             self.layout,
+            database_url=s.database_url,
             staging_grace_s=s.recovery_grace_s / 12,
             orphan_grace_s=s.recovery_grace_s,
         )
-        self.registry = Registry(self.layout)
+        self.registry = Registry.open(s)
         self.spawner = Spawner(
             s,
             security_log=SecurityLog(self.layout.security_log),

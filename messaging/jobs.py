@@ -183,21 +183,21 @@ class RollbackJob(_TargetJob):
 
 
 # ---- starting and waiting ----------------------------------------------------------------------
-_registries: dict[tuple[int, str], Registry] = {}
+_registries: dict[tuple[int, str, str], Registry] = {}
 
 
 def open_registry(settings: Settings) -> Registry:
-    """This process's :class:`Registry` for ``settings.state_dir`` (one engine per process).
+    """This process's :class:`Registry` for ``settings`` (one engine per process).
 
     Keyed by pid as well: an engine must not cross ``fork()`` (prefork pool children
     open their own).
     """
     layout = StateLayout(settings.state_dir)
-    key = (os.getpid(), str(layout.root))
+    key = (os.getpid(), str(layout.root), settings.database_url)
     reg = _registries.get(key)
     if reg is None:
         layout.ensure()
-        reg = _registries[key] = Registry(layout)
+        reg = _registries[key] = Registry.open(settings)
     return reg
 
 

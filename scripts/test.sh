@@ -2,8 +2,9 @@
 # Install everything the tests need, then run ruff, mypy, import-linter and pytest.
 #
 # README's second command and what .ci/run runs (with CI=true). Installs Debian's
-# rabbitmq-server for the RabbitMQ tests (the tests start it on 127.0.0.1 themselves) and
-# chromium + chromium-driver for the admin page's headless browser test.
+# rabbitmq-server for the RabbitMQ tests and postgresql for the PostgreSQL registry tests
+# (the tests start their own broker and cluster on 127.0.0.1), and chromium +
+# chromium-driver for the admin page's headless browser test.
 # Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,7 @@ bash scripts/install.sh
 
 need=()
 command -v rabbitmq-server >/dev/null 2>&1 || need+=(rabbitmq-server)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 # Debian's browser and its WebDriver for the admin page's end-to-end test (~30 s).
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
@@ -23,6 +25,10 @@ if [ ${#need[@]} -gt 0 ]; then
         # Debian's postinst tries to start the broker; the tests start their own on loopback.
         if command -v rabbitmqctl >/dev/null 2>&1; then
             rabbitmqctl -q stop >/dev/null 2>&1 || true
+        fi
+        # Likewise its "main" cluster on 5432: the tests initdb their own.
+        if [[ " ${need[*]} " == *" postgresql "* ]]; then
+            service postgresql stop >/dev/null 2>&1 || true
         fi
     else
         echo "test.sh: WARNING: not root, cannot install ${need[*]}; tests needing them will skip loudly" >&2

@@ -70,7 +70,7 @@ def store_archive(
     The returned package's ``path`` is its tree under ``versions/``.
     """
     layout = StateLayout(settings.state_dir).ensure()
-    with install_lock(layout, lock_timeout), Registry(layout) as registry:
+    with install_lock(layout, lock_timeout), Registry.open(settings) as registry:
         return _store(settings, layout, Path(archive_path), registry)
 
 
@@ -91,7 +91,7 @@ def install_archive(
     archive = Path(archive_path)
     layout = StateLayout(settings.state_dir).ensure()
     store = VersionStore(layout)
-    with install_lock(layout, lock_timeout), Registry(layout) as registry:
+    with install_lock(layout, lock_timeout), Registry.open(settings) as registry:
         package = _store(settings, layout, archive, registry)
         try:
             record = registry.add_version(

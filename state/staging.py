@@ -62,6 +62,7 @@ class RecoveryReport:
 def recover_state(
     layout: StateLayout,
     *,
+    database_url: str = "",
     staging_grace_s: float = 300.0,
     orphan_grace_s: float = 3600.0,
     lock_timeout: float = 30.0,
@@ -80,7 +81,7 @@ def recover_state(
     store = VersionStore(layout)
     removed: list[Path] = []
     orphans: list[str] = []
-    with install_lock(layout, lock_timeout), Registry(layout) as registry:
+    with install_lock(layout, lock_timeout), Registry(database_url or layout) as registry:
         now = time.time()
         for entry in sorted(layout.staging_dir.iterdir()):
             # Only what installs leave: other users of staging/ (uploads/) are not ours.

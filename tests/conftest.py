@@ -8,6 +8,11 @@ using a broker a fixture started stops it, and the epmd it started. Without
 ``rabbitmq-server`` installed, the tests that ask for it are skipped LOUDLY
 (``scripts/test.sh`` installs it).
 
+``postgres`` / ``postgres_url``: a PostgreSQL cluster of the session's own on 127.0.0.1
+(``initdb`` into /tmp, ``pg_ctl start``, stopped and removed at the end), and an empty
+database per test in it. Without Debian's ``postgresql`` installed, the tests that ask
+for it are skipped LOUDLY (``scripts/test.sh`` installs it).
+
 ``_restore_logging`` (autouse): a test that runs a CLI command or an entry point calls
 ``configure_logging``, which sets structlog's level filter process-wide (the CLI group's
 default is ``warning``); without the restore, a later test in the same session that
@@ -24,6 +29,11 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
+from plugvisor.tests.support.postgres import (
+    LoopbackPostgres,
+    PostgresUnavailable,
+    loopback_postgres,
+)
 from plugvisor.tests.support.rabbitmq import BrokerUnavailable, loopback_rabbitmq
 
 
@@ -46,6 +56,25 @@ def rabbitmq_url() -> Iterator[str]:
             warnings.warn("rabbitmqctl could not add a vhost: using the default vhost '/'",
                           stacklevel=1)  # fmt: skip
         yield url
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[LoopbackPostgres]:
+    """A PostgreSQL cluster on 127.0.0.1 for this session (stopped and removed afterwards)."""
+    with contextlib.ExitStack() as stack:
+        try:
+            cluster = stack.enter_context(loopback_postgres())
+        except PostgresUnavailable as exc:
+            if "not installed" in str(exc):
+                pytest.skip(f"!!! PostgreSQL tests SKIPPED: {exc} !!!")
+            pytest.fail(str(exc))
+        yield cluster
+
+
+@pytest.fixture
+def postgres_url(postgres: LoopbackPostgres) -> str:
+    """The URL of an empty database of this test's own."""
+    return postgres.new_database()
 
 
 @pytest.fixture(autouse=True)

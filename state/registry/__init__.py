@@ -33,6 +33,9 @@ Engines must not cross ``fork()``: open a :class:`Registry` in the process that 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from plugvisor.state.layout import StateLayout
 from plugvisor.state.registry.commands import Commands
 from plugvisor.state.registry.jobs import Jobs
 from plugvisor.state.registry.records import (
@@ -50,6 +53,9 @@ from plugvisor.state.registry.records import (
 )
 from plugvisor.state.registry.schema import SCHEMA_VERSION
 from plugvisor.state.registry.versions import Versions
+
+if TYPE_CHECKING:
+    from plugvisor.core.config import Settings
 
 __all__ = [
     "ACTIVATABLE",
@@ -74,3 +80,9 @@ class Registry(Versions, Jobs, Commands):
     ``lock_timeout`` bounds how long one write waits for the database lock (SQLite's
     busy handler first, then retries) before :class:`StateError` ``state.locked``.
     """
+
+    @classmethod
+    def open(cls, settings: Settings, *, lock_timeout: float = 10.0) -> Registry:
+        """The registry ``settings`` name: ``database_url``, else the state dir's SQLite file."""
+        target = settings.database_url or StateLayout(settings.state_dir)
+        return cls(target, lock_timeout=lock_timeout)

@@ -9,7 +9,7 @@ from sqlalchemy.engine import Connection
 
 from plugvisor.core.errors import NotFoundError
 from plugvisor.state.registry.codec import dumps, loads, ts_req, utc_now
-from plugvisor.state.registry.db import Database
+from plugvisor.state.registry.db import Database, insert_first
 from plugvisor.state.registry.records import CommandRecord
 from plugvisor.state.registry.schema import Q
 
@@ -33,7 +33,8 @@ class Commands(Database):
             if row is not None:
                 outcome = loads(row.outcome)
                 return None if outcome is None else dict(outcome)
-            conn.execute(
+            insert_first(
+                conn,
                 Q.insert_command,
                 {"b_id": command_id, "b_kind": kind, "b_params": dumps(dict(params or {})),
                  "b_now": utc_now()},

@@ -14,7 +14,7 @@ from typing import Any, Self, TypeVar
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from plugvisor.core.errors import StateError
 from plugvisor.state.layout import StateLayout
@@ -29,9 +29,53 @@ from plugvisor.state.registry.schema import (
 T = TypeVar("T")
 
 
+#: PostgreSQL errors a write transaction is retried on: serialization failure, deadlock.
+_PG_RETRY_STATES = frozenset({"40001", "40P01"})
+
+#: Key of the advisory lock that serialises migrations across processes on PostgreSQL.
+_PG_MIGRATION_LOCK = 0x706C7567  # "plug"
+
+
+class RaceLost(Exception):
+    """Raised inside a write when a concurrent writer inserted the same key first.
+
+    :meth:`Database._write` retries the whole transaction: the next attempt sees the
+    winner's row (and locks it), so the outcome is the one a serial order gives.
+    """
+
+
 def is_locked(exc: OperationalError) -> bool:
     text = str(exc.orig).lower()
     return "locked" in text or "busy" in text
+
+
+def insert_first(conn: Connection, stmt: Any, params: Any = None) -> None:
+    """Execute an INSERT of a key a concurrent writer may insert too; losing is :class:`RaceLost`.
+
+    On SQLite the write lock taken at BEGIN already serialises writers; on PostgreSQL two
+    transactions can both find the key absent, and the second insert waits for the first
+    to commit and then fails with a unique violation.
+    """
+    try:
+        conn.execute(stmt, params)
+    except IntegrityError as exc:
+        raise RaceLost(str(exc.orig)) from exc
+
+
+def _pg_retryable(exc: DBAPIError) -> bool:
+    return getattr(exc.orig, "sqlstate", None) in _PG_RETRY_STATES
+
+
+def engine_url(url: str) -> str:
+    """``url`` with psycopg 3 as the PostgreSQL driver when the URL names none.
+
+    SQLAlchemy's default for a bare ``postgresql://`` is psycopg2, which plugvisor does
+    not ship; ``postgres://`` (the libpq spelling) is accepted too.
+    """
+    for bare in ("postgresql://", "postgres://"):
+        if url.startswith(bare):
+            return "postgresql+psycopg://" + url[len(bare) :]
+    return url
 
 
 def enable_wal(cur: Any, timeout: float) -> None:
@@ -77,16 +121,40 @@ class Database:
             target.root.mkdir(parents=True, exist_ok=True)
             url = f"sqlite:///{target.registry_db}"
             precreate(target.registry_db)
+            #: How errors name where the database came from.
+            self.source = f"registry {target.registry_db}"
         else:
-            url = target
+            url = engine_url(target)
+            self.source = "database_url"
         self.url = url
         self.lock_timeout = lock_timeout
-        self._engine = sa.create_engine(url)
+        try:
+            parsed = sa.engine.make_url(url)
+            self._shown_url = parsed.render_as_string(hide_password=True)
+            pg = parsed.get_backend_name() == "postgresql"
+            self._engine = sa.create_engine(
+                parsed,
+                # A fleet's database restarts and fails over: test a pooled connection
+                # before use instead of failing the first statement after an outage.
+                pool_pre_ping=pg,
+                **({"connect_args": {"connect_timeout": max(1, int(lock_timeout))}} if pg else {}),
+            )
+        except (sa.exc.ArgumentError, ImportError) as exc:
+            raise StateError(
+                "database", f"{self.source}: cannot use {url!r}: {exc}", setting="database_url"
+            ) from exc
         # Errors and logs name the database without its password.
-        self._shown_url = self._engine.url.render_as_string(hide_password=True)
         self._sqlite = self._engine.dialect.name == "sqlite"
+        self._postgres = pg
         if self._sqlite:
             self._install_sqlite_hooks(self._engine, lock_timeout)
+        # On PostgreSQL a read sees one snapshot (as SQLite's read transaction does);
+        # writes stay READ COMMITTED and take row locks (SELECT ... FOR UPDATE).
+        self._reader = (
+            self._engine.execution_options(isolation_level="REPEATABLE READ")
+            if pg
+            else self._engine
+        )
         self._writer = self._engine.execution_options(plugvisor_write=True)
         self._migrate()
 
@@ -128,26 +196,33 @@ class Database:
     def _read(self) -> Iterator[Connection]:
         """A read transaction (one consistent snapshot); database failures become StateError."""
         try:
-            with self._engine.connect() as conn:
+            with self._reader.connect() as conn:
                 yield conn
         except DBAPIError as exc:
-            raise StateError(
-                "database", f"registry read failed: {exc.orig}", url=self._shown_url
-            ) from exc
+            raise self._failed("read", exc) from exc
+
+    def _failed(self, what: str, exc: DBAPIError) -> StateError:
+        return StateError(
+            "database", f"{self.source} ({self._shown_url}): registry {what} failed: {exc.orig}",
+            url=self._shown_url, setting="database_url" if self.source == "database_url" else None,
+        )  # fmt: skip
 
     def _write(self, fn: Callable[[Connection], T]) -> T:
-        """Run ``fn`` in one write transaction, retrying on a locked database until the deadline."""
+        """Run ``fn`` in one write transaction, retrying until the deadline when it lost a
+        race: a locked SQLite database, a PostgreSQL serialization failure or deadlock, or
+        a :class:`RaceLost` raised by ``fn``."""
         deadline = time.monotonic() + self.lock_timeout
         delay = 0.01
         while True:
             try:
                 with self._writer.begin() as conn:
                     return fn(conn)
-            except OperationalError as exc:
-                if not is_locked(exc):
-                    raise StateError(
-                        "database", f"registry write failed: {exc.orig}", url=self._shown_url
-                    ) from exc
+            except (DBAPIError, RaceLost) as exc:
+                if isinstance(exc, DBAPIError) and not (
+                    (isinstance(exc, OperationalError) and self._sqlite and is_locked(exc))
+                    or (self._postgres and _pg_retryable(exc))
+                ):
+                    raise self._failed("write", exc) from exc
                 if time.monotonic() >= deadline:
                     raise StateError(
                         "locked",
@@ -164,6 +239,9 @@ class Database:
             return  # the common case takes no write lock, so opening never waits on writers
 
         def run(conn: Connection) -> None:
+            if self._postgres:
+                # CREATE TABLE IF NOT EXISTS is not safe against a concurrent one there.
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_MIGRATION_LOCK)))
             conn.exec_driver_sql(
                 "CREATE TABLE IF NOT EXISTS schema_version "
                 "(version INTEGER NOT NULL, applied VARCHAR(40) NOT NULL)"

@@ -15,7 +15,7 @@ from plugvisor.core.errors import (
     PlugvisorError,
 )
 from plugvisor.state.registry.codec import UNSET, dumps, utc_now
-from plugvisor.state.registry.db import Database
+from plugvisor.state.registry.db import Database, insert_first
 from plugvisor.state.registry.records import JobRecord, JobStatus, job_record
 from plugvisor.state.registry.schema import (
     Q,
@@ -62,12 +62,13 @@ class Jobs(Database):
                 return found
             now = utc_now()
             job_id = str(uuid.uuid4())
-            conn.execute(
+            insert_first(
+                conn,
                 sa.insert(jobs_t).values(
                     id=job_id, kind=kind, status=JobStatus.queued.value, step=None,
                     steps="[]", params=params_json, result=None, error=None,
                     idempotency_key=idempotency_key, created=now, updated=now,
-                )
+                ),
             )  # fmt: skip
             return self._job_in(conn, job_id)
 

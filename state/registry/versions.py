@@ -18,6 +18,7 @@ from plugvisor.core.errors import (
 )
 from plugvisor.core.semver import Version, parse_range, parse_version
 from plugvisor.state.registry.codec import dumps, loads, ts, ts_req, utc_now
+from plugvisor.state.registry.db import insert_first
 from plugvisor.state.registry.events import Events
 from plugvisor.state.registry.records import (
     ACTIVATABLE,
@@ -76,12 +77,13 @@ class Versions(Events):
                 .with_for_update()
             ).first()
             if row is None:
-                conn.execute(
+                insert_first(
+                    conn,
                     sa.insert(plugins_t).values(
                         name=name, highest_version=version_text, active_version=None,
                         previous_version=None, disabled=False, disabled_reason=None,
                         disabled_at=None, created=now, updated=now,
-                    )
+                    ),
                 )  # fmt: skip
             else:
                 if not new > parse_version(row.highest_version):

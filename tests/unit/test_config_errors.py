@@ -78,3 +78,23 @@ def test_error_codes_round_trip_through_dict_and_pickle() -> None:
 def test_bad_rule_is_rejected_when_built() -> None:
     with pytest.raises(ValueError):
         ArchiveError("Not A Rule", "x")
+
+
+@pytest.mark.parametrize("bad", ["Web-1", "web 1", "web/1", "-" * 64, "wéb"])
+def test_a_host_id_outside_the_allowed_characters_is_refused(tmp_path: Path, bad: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_settings({"state_dir": str(tmp_path)}, env={"PLUGVISOR_HOST_ID": bad})
+    assert exc.value.code == "config.invalid_value"
+    assert exc.value.details["setting"] == "host_id"
+    assert "[a-z0-9._-]" in exc.value.message
+
+
+def test_host_id_defaults_to_the_lower_cased_hostname(tmp_path: Path) -> None:
+    import socket  # noqa: PLC0415
+
+    s = load_settings({"state_dir": str(tmp_path)}, env={})
+    assert s.host_id == ""
+    assert s.host == socket.gethostname().lower()
+    assert load_settings({"state_dir": str(tmp_path), "host_id": "web-3.eu"}, env={}).host == (
+        "web-3.eu"
+    )

@@ -11,6 +11,7 @@ import json
 import os
 import pwd
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
@@ -223,6 +224,8 @@ def test_not_an_archive_is_refused(settings: Settings, tmp_path: Path, key: Path
 
 def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PLUGVISOR_")}
+    if settings.database_url:
+        env["PLUGVISOR_DATABASE_URL"] = settings.database_url
     return subprocess.run(
         [sys.executable, "-m", "plugvisor", "--state-dir", str(settings.state_dir), *args],
         capture_output=True, text=True, timeout=60, env=env,
@@ -247,6 +250,32 @@ def test_cli_install_and_status(settings: Settings, build) -> None:
     out = run_cli(settings, "--json", "status", "ghost")
     assert out.returncode != 0
     assert json.loads(out.stdout)["error"]["code"] == "not_found.plugin"
+
+
+def test_cli_install_and_status_with_the_registry_on_postgresql(
+    settings: Settings, build, postgres_url: str
+) -> None:
+    shared = settings.with_overrides(database_url=postgres_url)
+    out = run_cli(shared, "install", str(build("1.0.0")))
+    assert out.returncode == 0, out.stderr
+    out = run_cli(shared, "--json", "status")
+    assert out.returncode == 0, out.stderr
+    [plugin] = json.loads(out.stdout)["plugins"]
+    assert [(v["version"], v["status"]) for v in plugin["versions"]] == [("1.0.0", "approved")]
+    assert not StateLayout(settings.state_dir).registry_db.exists()  # nothing went to SQLite
+    with Registry(postgres_url) as reg:
+        assert reg.get_version("greeter", "1.0.0").status is VersionStatus.approved
+
+
+def test_an_unreachable_database_url_is_one_clear_line(settings: Settings) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    down = settings.with_overrides(database_url=f"postgresql://pv:pw@127.0.0.1:{port}/pv")
+    out = run_cli(down, "status")
+    assert out.returncode != 0
+    assert "state.database: database_url" in out.stderr
+    assert "Traceback" not in out.stderr and "pw@" not in out.stderr
 
 
 def test_the_transactional_check_refuses_even_when_the_precheck_is_skipped(

@@ -1,8 +1,14 @@
-"""The registry: monotonic versions, one active version, dependencies, jobs, commands, schema."""
+"""The registry: monotonic versions, one active version, dependencies, jobs, commands, schema.
+
+Every test that takes ``reg`` or ``target`` runs twice: on SQLite (the embedded default)
+and on PostgreSQL (a fleet's shared registry, a throw-away cluster on 127.0.0.1).
+"""
 
 from __future__ import annotations
 
 import hashlib
+import itertools
+import socket
 import sqlite3
 import threading
 from pathlib import Path
@@ -21,6 +27,7 @@ from plugvisor.state.registry import (
     Registry,
     VersionStatus,
 )
+from plugvisor.state.registry.db import engine_url
 
 KEYID = "ab" * 32
 
@@ -44,10 +51,23 @@ def layout(tmp_path: Path) -> StateLayout:
     return StateLayout(tmp_path / "state").ensure()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def target(request: pytest.FixtureRequest, layout: StateLayout) -> StateLayout | str:
+    """Where a Registry opens: the state dir's SQLite file, or an empty PostgreSQL database."""
+    if request.param == "sqlite":
+        return layout
+    return str(request.getfixturevalue("postgres_url"))
+
+
 @pytest.fixture
-def reg(layout: StateLayout):
-    with Registry(layout) as registry:
+def reg(target: StateLayout | str):
+    with Registry(target) as registry:
         yield registry
+
+
+def _raw(reg: Registry) -> sa.Engine:
+    """An engine on the same database that bypasses the Registry (a buggy or hostile writer)."""
+    return sa.create_engine(reg.url)
 
 
 def add(reg: Registry, name: str, version: str, status=VersionStatus.approved, **requires: str):
@@ -118,12 +138,12 @@ def test_malformed_range_is_refused_before_anything_is_stored(reg: Registry) -> 
     assert reg.find_plugin("p") is None
 
 
-def test_concurrent_adds_of_the_same_version_admit_exactly_one(layout: StateLayout) -> None:
+def test_concurrent_adds_of_the_same_version_admit_exactly_one(target) -> None:
     outcomes: list[str] = []
     lock = threading.Lock()
 
     def worker() -> None:
-        with Registry(layout) as r:
+        with Registry(target) as r:
             try:
                 add(r, "race", "1.0.0")
                 result = "ok"
@@ -197,19 +217,56 @@ def test_activate_unknown_plugin_or_version_is_not_found(reg: Registry) -> None:
     assert info.value.code == "not_found.version"
 
 
-def test_one_active_version_is_enforced_by_the_database_itself(
-    reg: Registry, layout: StateLayout
-) -> None:
+def test_one_active_version_is_enforced_by_the_database_itself(reg: Registry) -> None:
     add(reg, "p", "1.0.0")
     add(reg, "p", "1.1.0")
     reg.activate("p", "1.0.0")
     # Bypass the Registry: even a buggy writer cannot store a second active row.
-    con = sqlite3.connect(layout.registry_db)
+    engine = _raw(reg)
     try:
-        with pytest.raises(sqlite3.IntegrityError):
-            con.execute("UPDATE versions SET status='active' WHERE plugin='p' AND version='1.1.0'")
+        with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+            conn.exec_driver_sql(
+                "UPDATE versions SET status='active' WHERE plugin='p' AND version='1.1.0'"
+            )
     finally:
-        con.close()
+        engine.dispose()
+
+
+def test_concurrent_activations_leave_exactly_one_active_version(target) -> None:
+    with Registry(target) as r:
+        for v in ("1.0.0", "1.1.0", "1.2.0", "1.3.0"):
+            add(r, "p", v)
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def worker(version: str) -> None:
+        with Registry(target) as r:
+            start.wait()
+            try:
+                for _ in range(5):
+                    r.activate("p", version)
+            except BaseException as exc:
+                errors.append(exc)
+
+    threads = [
+        threading.Thread(target=worker, args=(v,)) for v in ("1.0.0", "1.1.0", "1.2.0", "1.3.0")
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    with Registry(target) as r:
+        active = [v.version for v in r.list_versions("p") if v.status is VersionStatus.active]
+        assert len(active) == 1
+        assert r.get_plugin("p").active_version == active[0]
+        # Every activation that changed something is one event, in a serial order.
+        changes = [
+            e for e in reversed(r.list_events(limit=1000, plugin="p")) if e.kind == "activated"
+        ]
+        assert changes[-1].to_version == active[0]
+        for before, after in itertools.pairwise(changes):
+            assert after.from_version == before.to_version
 
 
 def test_set_status_records_the_review_decision(reg: Registry) -> None:
@@ -397,35 +454,69 @@ def test_record_and_list_events_newest_first(reg: Registry) -> None:
 # ---- schema, locking -----------------------------------------------------------------------------
 
 
-def test_migrations_are_idempotent_on_reopen(layout: StateLayout) -> None:
-    with Registry(layout) as r:
+def test_migrations_are_idempotent_on_reopen(target) -> None:
+    with Registry(target) as r:
         add(r, "p", "1.0.0")
         assert r.schema_version() == SCHEMA_VERSION
-    with Registry(layout) as r:
+        url = r.url
+    with Registry(target) as r:
         assert r.schema_version() == SCHEMA_VERSION
         assert r.get_version("p", "1.0.0").version == "1.0.0"
-    con = sqlite3.connect(layout.registry_db)
+    engine = sa.create_engine(url)
     try:
-        rows = con.execute("SELECT version FROM schema_version").fetchall()
-        mode = con.execute("PRAGMA journal_mode").fetchone()[0]
+        with engine.connect() as conn:
+            rows = conn.exec_driver_sql("SELECT version FROM schema_version").fetchall()
     finally:
-        con.close()
-    assert rows == [(n,) for n in range(1, SCHEMA_VERSION + 1)]
-    assert mode == "wal"
+        engine.dispose()
+    assert [tuple(r) for r in rows] == [(n,) for n in range(1, SCHEMA_VERSION + 1)]
 
 
-def test_a_newer_schema_is_refused(layout: StateLayout) -> None:
+def test_concurrent_first_opens_migrate_once(target) -> None:
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def opener() -> None:
+        start.wait()
+        try:
+            Registry(target).close()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=opener) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    with Registry(target) as r:
+        assert r.schema_version() == SCHEMA_VERSION
+
+
+def test_sqlite_registry_runs_in_wal_mode(layout: StateLayout) -> None:
     Registry(layout).close()
     con = sqlite3.connect(layout.registry_db)
-    con.execute("INSERT INTO schema_version VALUES (?, 'later')", (SCHEMA_VERSION + 1,))
-    con.commit()
-    con.close()
+    try:
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        con.close()
+
+
+def test_a_newer_schema_is_refused(reg: Registry, target) -> None:
+    engine = _raw(reg)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(
+                f"INSERT INTO schema_version VALUES ({SCHEMA_VERSION + 1}, 'later')"
+            )
+    finally:
+        engine.dispose()
     with pytest.raises(StateError) as info:
-        Registry(layout)
+        Registry(target)
     assert info.value.code == "state.schema_too_new"
 
 
-def test_registry_file_is_not_world_readable(layout: StateLayout, reg: Registry) -> None:
+def test_registry_file_is_not_world_readable(layout: StateLayout) -> None:
+    Registry(layout).close()
     assert layout.registry_db.stat().st_mode & 0o007 == 0
 
 
@@ -457,3 +548,73 @@ def test_a_sqlalchemy_url_opens_that_database(tmp_path: Path) -> None:
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM versions").scalar() == 1
     engine.dispose()
+
+
+def test_concurrent_jobs_with_one_idempotency_key_are_one_job(target) -> None:
+    ids: list[str] = []
+    start = threading.Barrier(5)
+
+    def submit() -> None:
+        with Registry(target) as r:
+            start.wait()
+            ids.append(r.create_job("upload", {"n": 1}, idempotency_key="same-key").id)
+
+    threads = [threading.Thread(target=submit) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(ids) == 5 and len(set(ids)) == 1
+    with Registry(target) as r:
+        assert [j.id for j in r.list_jobs()] == ids[:1]
+
+
+def test_concurrent_records_of_one_command_store_it_once(target) -> None:
+    results: list[object] = []
+    start = threading.Barrier(4)
+
+    def record() -> None:
+        with Registry(target) as r:
+            start.wait()
+            results.append(r.record_command("cmd-1", "activate", {"name": "p"}))
+
+    threads = [threading.Thread(target=record) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert results == [None] * 4  # none finished yet: each may apply (idempotent apply)
+    with Registry(target) as r:
+        r.finish_command("cmd-1", {"ok": True})
+        assert r.record_command("cmd-1", "activate", {"name": "p"}) == {"ok": True}
+
+
+@pytest.mark.parametrize(
+    ("given", "used"),
+    [
+        ("postgresql://u:p@db:5432/pv", "postgresql+psycopg://u:p@db:5432/pv"),
+        ("postgres://u@db/pv", "postgresql+psycopg://u@db/pv"),
+        ("postgresql+psycopg://u@db/pv", "postgresql+psycopg://u@db/pv"),
+        ("sqlite:///x.db", "sqlite:///x.db"),
+    ],
+)
+def test_a_bare_postgresql_url_uses_psycopg_3(given: str, used: str) -> None:
+    assert engine_url(given) == used
+
+
+def test_an_unreachable_database_url_is_a_clear_error_naming_the_setting() -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(StateError) as info:
+        Registry(f"postgresql://plugvisor:secret@127.0.0.1:{port}/pv", lock_timeout=1)
+    assert info.value.code == "state.database"
+    assert "database_url" in info.value.message
+    assert "secret" not in info.value.message  # the password is never shown
+
+
+def test_a_malformed_database_url_is_a_clear_error() -> None:
+    with pytest.raises(StateError) as info:
+        Registry("nosuchdb://x")
+    assert info.value.code == "state.database"
+    assert "database_url" in info.value.message
