@@ -38,6 +38,7 @@ from plugvisor.daemon.metrics import DaemonMetrics
 from plugvisor.daemon.pool import Host, HostPool, PoolClosed
 from plugvisor.sandbox import HostSpec
 from plugvisor.sandbox.violations import ViolationTracker
+from plugvisor.state.fetch import ensure_version
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.registry import Registry
 from plugvisor.state.store import VersionStore
@@ -219,6 +220,9 @@ class Supervisor:
         """
         if digest is None:
             digest = str(self.registry.get_version(name, version).digest)
+        if not self.store.exists(digest):
+            # Accepted on another host of the fleet: fetched and re-verified here first.
+            ensure_version(self.settings, self.registry, digest)
         meta = self._metas.get(digest)
         if meta is None:
             # Not verified here: every spawn verifies the tree right before it starts. The

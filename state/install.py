@@ -2,7 +2,9 @@
 
 ``install_archive`` verifies a signed archive against the trusted keys, extracts it
 safely into ``staging/``, moves the tree into the version store and records the version
-in the registry, whose monotonic rule refuses a version that is not newer. A refused
+in the registry, whose monotonic rule refuses a version that is not newer; the archive's
+bytes go to the shared artefact store in the same transaction (other hosts of a fleet
+fetch and re-verify them, :mod:`plugvisor.state.fetch`). A refused
 archive is copied to ``quarantine/`` with its reason and the error is re-raised; on any
 failure nothing is left in ``staging/`` or ``versions/`` and no registry row exists.
 
@@ -95,8 +97,9 @@ def install_archive(
         package = _store(settings, layout, archive, registry)
         try:
             record = registry.add_version(
-                package.meta, package.digest, package.keyid, status, report
-            )
+                package.meta, package.digest, package.keyid, status, report,
+                archive=archive.read_bytes(),
+            )  # fmt: skip
         except BaseException as err:
             # A tree no row references (this one, or an orphan of a crash) goes.
             if registry.find_digest(package.digest) is None:

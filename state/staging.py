@@ -29,8 +29,10 @@ __all__ = ["INSTALL_DEBRIS", "RecoveryReport", "install_lock", "recover_state"]
 _log = get_logger(__name__)
 
 #: Names of what an install creates in staging/: its uuid dir, extract_archive's temp
-#: sibling of that dir, and VersionStore.remove's trash.
-INSTALL_DEBRIS = re.compile(r"^(?:[0-9a-f]{32}|\.[0-9a-f]{32}\..+\.part|\.trash-.+)$")
+#: sibling of that dir, VersionStore.remove's trash, and a fetched archive (state/fetch.py).
+INSTALL_DEBRIS = re.compile(
+    r"^(?:[0-9a-f]{32}|\.[0-9a-f]{32}\..+\.part|\.trash-.+|[0-9a-f]{32}\.fetch\.tar\.gz)$"
+)
 
 
 @contextmanager

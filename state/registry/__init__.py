@@ -8,8 +8,10 @@ refuses a newer DB.
 
 One module per aggregate, each a :class:`~.db.Database` subclass over the same engine:
 :mod:`.versions` (plugins, versions, activation, dependencies), :mod:`.jobs`,
-:mod:`.commands` and :mod:`.events`; :mod:`.records` holds what their rows read back as.
-:class:`Registry` is the facade the processes open: all four in one object, one engine.
+:mod:`.commands`, :mod:`.events`, and for the fleet :mod:`.artefacts` (the shared store of
+signed archives) and :mod:`.hosts` (heartbeats, observed state); :mod:`.records` holds
+what their rows read back as. :class:`Registry` is the facade the processes open: all of
+them in one object over one engine.
 
 Versions are stored as text and compared in Python with :mod:`plugvisor.core.semver`
 (string order is not SemVer precedence). Two invariants are enforced inside the
@@ -36,7 +38,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from plugvisor.state.layout import StateLayout
+from plugvisor.state.registry.artefacts import Artefacts
 from plugvisor.state.registry.commands import Commands
+from plugvisor.state.registry.hosts import Hosts
 from plugvisor.state.registry.jobs import Jobs
 from plugvisor.state.registry.records import (
     ACTIVATABLE,
@@ -44,8 +48,10 @@ from plugvisor.state.registry.records import (
     CommandRecord,
     Dependent,
     EventRecord,
+    HostRecord,
     JobRecord,
     JobStatus,
+    ObservedRecord,
     PluginMetaLike,
     PluginRecord,
     VersionRecord,
@@ -64,8 +70,10 @@ __all__ = [
     "CommandRecord",
     "Dependent",
     "EventRecord",
+    "HostRecord",
     "JobRecord",
     "JobStatus",
+    "ObservedRecord",
     "PluginMetaLike",
     "PluginRecord",
     "Registry",
@@ -74,7 +82,7 @@ __all__ = [
 ]
 
 
-class Registry(Versions, Jobs, Commands):
+class Registry(Versions, Jobs, Commands, Artefacts, Hosts):
     """The registry database. Open with a :class:`StateLayout` or a SQLAlchemy URL.
 
     ``lock_timeout`` bounds how long one write waits for the database lock (SQLite's

@@ -263,3 +263,56 @@ def event_record(row: Any) -> EventRecord:
         id=int(row.id), plugin=row.plugin, kind=row.kind, from_version=row.from_version,
         to_version=row.to_version, outcome=row.outcome, reason=row.reason, at=ts_req(row.at),
     )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class HostRecord:
+    """One daemon of the fleet, as its last heartbeat left it."""
+
+    host_id: str
+    started_at: datetime
+    last_seen: datetime
+    plugvisor_version: str
+    pid: int
+    #: The sandbox layers active on this host (``{layer: state}``).
+    layers: dict[str, Any]
+    #: Load figures of the last heartbeat (load average, plugin hosts, RSS).
+    load: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return record_dict(self)
+
+    def is_down(self, now: datetime, down_after_s: float) -> bool:
+        """No heartbeat for ``down_after_s`` seconds (or a clock that jumped back far)."""
+        return abs((now - self.last_seen).total_seconds()) > down_after_s
+
+
+@dataclass(frozen=True)
+class ObservedRecord:
+    """What one host runs of one plugin (written by that host's daemon only)."""
+
+    host_id: str
+    plugin: str
+    active_version: str | None
+    #: ``serving``, ``down`` (no version running), ``disabled`` or ``failed``.
+    health: str
+    detail: str
+    changed: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return record_dict(self)
+
+
+def host_record(row: Any) -> HostRecord:
+    return HostRecord(
+        host_id=row.host_id, started_at=ts_req(row.started_at), last_seen=ts_req(row.last_seen),
+        plugvisor_version=row.plugvisor_version, pid=int(row.pid),
+        layers=loads(row.layers) or {}, load=loads(row.load) or {},
+    )  # fmt: skip
+
+
+def observed_record(row: Any) -> ObservedRecord:
+    return ObservedRecord(
+        host_id=row.host_id, plugin=row.plugin, active_version=row.active_version,
+        health=row.health, detail=row.detail, changed=ts_req(row.changed),
+    )  # fmt: skip

@@ -53,6 +53,21 @@ events_t = sa.table(
     )),
 )  # fmt: skip
 
+artefacts_t = sa.table(
+    "artefacts", sa.column("digest"), sa.column("archive"), sa.column("size"), sa.column("created"),
+)  # fmt: skip
+hosts_t = sa.table(
+    "hosts",
+    *(sa.column(c) for c in (
+        "host_id", "started_at", "last_seen", "plugvisor_version", "pid", "layers", "load",
+    )),
+)  # fmt: skip
+observed_t = sa.table(
+    "observed",
+    *(sa.column(c) for c in (
+        "host_id", "plugin", "active_version", "health", "detail", "changed",
+    )),
+)  # fmt: skip
 
 _b = sa.bindparam
 _version_key = (versions_t.c.plugin == _b("b_plugin"), versions_t.c.version == _b("b_version"))
@@ -222,7 +237,46 @@ def _migration_1(conn: Connection) -> None:
 
 #: Ordered migrations; the schema version of a database is how many of them it has had.
 #: Append only: never edit or reorder a migration that has shipped.
-MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_migration_1,)
+def _migration_2(conn: Connection) -> None:
+    """The fleet: the shared artefact store, hosts and their heartbeats, observed state.
+
+    Desired state needs no table of its own: ``plugins.active_version`` and
+    ``plugins.disabled`` are the fleet's desired state; ``observed`` is what each host
+    runs (each daemon writes only its own rows).
+    """
+    md = sa.MetaData()
+    ts = sa.String(40)
+    sa.Table(
+        "artefacts", md,
+        # The version's code digest (sha256 of its MANIFEST.json); the signed archive's bytes.
+        sa.Column("digest", sa.String(64), primary_key=True),
+        sa.Column("archive", sa.LargeBinary, nullable=False),
+        sa.Column("size", sa.Integer, nullable=False),
+        sa.Column("created", ts, nullable=False),
+    )  # fmt: skip
+    sa.Table(
+        "hosts", md,
+        sa.Column("host_id", sa.String(63), primary_key=True),
+        sa.Column("started_at", ts, nullable=False),
+        sa.Column("last_seen", ts, nullable=False),
+        sa.Column("plugvisor_version", sa.String(64), nullable=False),
+        sa.Column("pid", sa.Integer, nullable=False),
+        sa.Column("layers", sa.Text, nullable=False),
+        sa.Column("load", sa.Text, nullable=False),
+    )  # fmt: skip
+    sa.Table(
+        "observed", md,
+        sa.Column("host_id", sa.String(63), primary_key=True),
+        sa.Column("plugin", sa.String(64), primary_key=True),
+        sa.Column("active_version", sa.String(128), nullable=True),
+        sa.Column("health", sa.String(32), nullable=False),
+        sa.Column("detail", sa.Text, nullable=False),
+        sa.Column("changed", ts, nullable=False),
+    )  # fmt: skip
+    md.create_all(conn)
+
+
+MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_migration_1, _migration_2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -32,6 +32,7 @@ from plugvisor.state.registry.records import (
 )
 from plugvisor.state.registry.schema import (
     Q,
+    artefacts_t,
     plugins_t,
     requires_t,
     versions_t,
@@ -49,8 +50,13 @@ class Versions(Events):
         keyid: str,
         status: VersionStatus = VersionStatus.approved,
         report: Mapping[str, Any] | None = None,
+        *,
+        archive: bytes | None = None,
     ) -> VersionRecord:
         """Record a new version; refuse one not higher than every version ever recorded.
+
+        ``archive``: the signed archive the version came from, stored in the shared
+        artefact store in the same transaction (other hosts fetch it from there).
 
         The monotonic check and the insert share one transaction (SQLite write lock taken
         at BEGIN; ``FOR UPDATE`` on the plugin row elsewhere), so two concurrent uploads
@@ -110,6 +116,12 @@ class Versions(Events):
                     f"digest {digest} is already recorded for another version",
                     digest=digest,
                 ) from exc
+            if archive is not None:
+                conn.execute(
+                    sa.insert(artefacts_t).values(
+                        digest=digest, archive=archive, size=len(archive), created=now
+                    )
+                )
             for dep, text in requires.items():
                 conn.execute(
                     sa.insert(requires_t).values(

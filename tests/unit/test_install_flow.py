@@ -21,15 +21,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from plugvisor.core.archive import pack
 from plugvisor.core.config import Settings, load_settings
 from plugvisor.core.errors import PlugvisorError
 from plugvisor.core.signing import generate_keypair, verify_signature
+from plugvisor.state.fetch import ensure_version
 from plugvisor.state.install import install_archive, store_archive
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.quarantine import Quarantine
 from plugvisor.state.registry import Registry, VersionStatus
+from plugvisor.state.security_log import SecurityLog
 from plugvisor.state.staging import recover_state
 from plugvisor.state.store import VersionStore
 from plugvisor.state.trust import TrustStore
@@ -416,3 +419,89 @@ def test_the_sandbox_user_reads_plugin_code_but_not_keys_or_quarantine(build) ->
         ]
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+# ---- the fleet's shared artefact store ------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def shared_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """One registry two state directories share: a SQLite file, or a PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'shared.sqlite'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+def _second_host(tmp_path: Path, shared_db: str, key: Path | None) -> Settings:
+    other = load_settings(
+        {"state_dir": str(tmp_path / "host-b"), "database_url": shared_db, "host_id": "b"},
+        env={},
+    )
+    if key is not None:
+        TrustStore(other.state_dir).trust(Path(f"{key}.pub"))
+    return other
+
+
+def test_another_host_fetches_and_verifies_an_accepted_version(
+    settings: Settings, build, key: Path, tmp_path: Path, shared_db: str
+) -> None:
+    host_a = settings.with_overrides(database_url=shared_db)
+    record = install_archive(host_a, build("1.0.0"))
+    host_b = _second_host(tmp_path, shared_db, key)
+    with Registry.open(host_b) as reg:
+        assert reg.get_artefact(record.digest)  # stored once, with the version's row
+        path = ensure_version(host_b, reg, record.digest)
+    assert path == StateLayout(host_b.state_dir).version_dir(record.digest)
+    assert VersionStore(StateLayout(host_b.state_dir)).verify(record.digest) == []
+    assert (path / "greeter" / "__init__.py").read_text() == PLUGIN_CODE
+    assert_nothing_installed(host_b, versions=1)
+
+
+def test_a_tampered_artefact_is_refused_by_the_fetching_host_and_logged(
+    settings: Settings, build, key: Path, tmp_path: Path, shared_db: str
+) -> None:
+    host_a = settings.with_overrides(database_url=shared_db)
+    archive = build("1.0.0")
+    record = install_archive(host_a, archive)
+
+    def swap_code(members: list[tuple[tarfile.TarInfo, bytes]]) -> None:
+        for i, (m, data) in enumerate(members):
+            if m.name.endswith("__init__.py"):  # same size, other code, same manifest
+                members[i] = (m, data.replace(b"'hi'", b"'HI'"))
+
+    evil = rewrite(archive, tmp_path / "evil.tar.gz", swap_code)
+    engine = sa.create_engine(Registry.open(host_a).url)
+    with engine.begin() as conn:  # someone with write access to the database
+        conn.execute(
+            sa.text("UPDATE artefacts SET archive = :a WHERE digest = :d"),
+            {"a": evil.read_bytes(), "d": record.digest},
+        )
+    engine.dispose()
+    host_b = _second_host(tmp_path, shared_db, key)
+    with Registry.open(host_b) as reg, pytest.raises(PlugvisorError) as info:
+        ensure_version(host_b, reg, record.digest)
+    assert info.value.code == "archive.hash_mismatch"
+    assert_nothing_installed(host_b)
+    log = StateLayout(host_b.state_dir).security_log
+    assert SecurityLog(log).verify().ok
+    [line] = [json.loads(raw) for raw in log.read_text().splitlines()]
+    assert line["kind"] == "artefact.archive.hash_mismatch"
+    assert (line["plugin"], line["version"], line["action"]) == ("greeter", "1.0.0", "refused")
+
+
+def test_a_host_that_does_not_trust_the_signer_refuses_the_artefact(
+    settings: Settings, build, tmp_path: Path, shared_db: str
+) -> None:
+    record = install_archive(settings.with_overrides(database_url=shared_db), build("1.0.0"))
+    host_b = _second_host(tmp_path, shared_db, key=None)  # trusts nobody
+    with Registry.open(host_b) as reg, pytest.raises(PlugvisorError) as info:
+        ensure_version(host_b, reg, record.digest)
+    assert info.value.code.startswith("signature.")
+    assert_nothing_installed(host_b)
+
+
+def test_a_digest_nobody_stored_is_not_found(tmp_path: Path, shared_db: str) -> None:
+    host_b = _second_host(tmp_path, shared_db, key=None)
+    with Registry.open(host_b) as reg, pytest.raises(PlugvisorError) as info:
+        ensure_version(host_b, reg, "ab" * 32)
+    assert info.value.code == "not_found.artefact"
