@@ -39,7 +39,9 @@ _log = get_logger(__name__)
 _MULTIPART_SLACK = 64 * 1024
 
 #: Modules with one blueprint ``bp`` each, one per resource.
-_BLUEPRINTS = ("plugins", "jobs", "keys", "health", "metrics", "openapi", "security", "admin")
+_BLUEPRINTS = (
+    "plugins", "jobs", "keys", "hosts", "health", "metrics", "openapi", "security", "admin",
+)  # fmt: skip
 
 _HTTP_CODES = {
     400: "request.invalid",

@@ -114,7 +114,7 @@ def _check_target(registry: Registry, name: str, version: str | None) -> PluginR
 
 def plugin_json(registry: Registry, plugin: PluginRecord, events: int = 0) -> dict[str, Any]:
     """A plugin with its versions (and its latest ``events`` state changes)."""
-    out = plugin.summary(registry.list_versions(plugin.name))
+    out = registry.plugin_summary(plugin, down_after_s=_svc().settings.host_down_after_s)
     if events:
         out["events"] = [
             e.to_dict() for e in registry.list_events(limit=events, plugin=plugin.name)

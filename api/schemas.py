@@ -223,6 +223,18 @@ class VersionSchema(Schema):
     )
 
 
+class PluginOnHostSchema(Schema):
+    """What one host of the fleet runs of a plugin (written by that host's daemon)."""
+
+    host_id = fields.String(required=True)
+    version = fields.String(allow_none=True)
+    health = fields.String(metadata={"description": "serving, down, disabled or failed"})
+    detail = fields.String()
+    host_status = fields.String(metadata={"description": "up, or down: no recent heartbeat"})
+    behind = fields.Boolean()
+    changed = fields.String(metadata={"format": "date-time"})
+
+
 class PluginSchema(Schema):
     """A plugin with its active version, the previous one and every known version."""
 
@@ -240,6 +252,11 @@ class PluginSchema(Schema):
         fields.Dict(keys=fields.String()),
         metadata={"description": "GET /api/plugins/NAME only: the latest state changes."},
     )
+    hosts = fields.List(
+        fields.Nested(PluginOnHostSchema),
+        metadata={"description": "Per host of the fleet: the version it runs, whether it is "
+                  "behind the active (desired) version, whether the host is down."},
+    )  # fmt: skip
 
 
 class PluginListSchema(Schema):
@@ -379,6 +396,27 @@ class TrustKeyRequestSchema(_Strict):
         validate=validate.Length(min=1, max=10_000),
         metadata={"description": "SubjectPublicKeyInfo PEM (-----BEGIN PUBLIC KEY-----)."},
     )
+
+
+class HostSchema(Schema):
+    """One daemon of the fleet, from its heartbeats, with what it runs."""
+
+    host_id = fields.String(required=True)
+    status = fields.String(required=True, metadata={"description": "up, or down: no heartbeat "
+                           "for host_down_after_s"})  # fmt: skip
+    started_at = fields.String(metadata={"format": "date-time"})
+    last_seen = fields.String(metadata={"format": "date-time"})
+    seconds_since_seen = fields.Float()
+    plugvisor_version = fields.String()
+    pid = fields.Integer()
+    layers = fields.Dict(keys=fields.String(), values=fields.Boolean(),
+                         metadata={"description": "Sandbox layers this host enforces"})  # fmt: skip
+    load_ = fields.Dict(keys=fields.String(), data_key="load")  # `load` is Schema's method
+    plugins = fields.Dict(keys=fields.String(), values=fields.Dict(keys=fields.String()))
+
+
+class HostListSchema(Schema):
+    hosts = fields.List(fields.Nested(HostSchema), required=True)
 
 
 class KeySchema(Schema):

@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "config": ("plugvisor.cli.config:config", "Show every setting and its value."),
     "daemon": ("plugvisor.cli.daemon:daemon", "Run the supervisor daemon (foreground)."),
     "dev": ("plugvisor.cli.dev:dev", "Run or check an unsigned plugin directory locally."),
+    "hosts": ("plugvisor.cli.hosts:hosts", "List the hosts of the fleet and what each runs."),
     "init": ("plugvisor.cli.init:init", "Scaffold a new plugin directory."),
     "install": ("plugvisor.cli.install:install", "Validate and install a signed archive."),
     "jobs": ("plugvisor.cli.remote:jobs", "Show a job or list recent jobs via the API."),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -52,12 +53,16 @@ def status(ctx: CliContext, name: str | None, as_json: bool) -> None:
     with Registry.open(ctx.settings) as registry:
         plugins = [registry.get_plugin(name)] if name else registry.list_plugins()
         rows = [(p, registry.list_versions(p.name)) for p in plugins]
-    data = {"plugins": [p.summary(vs) for p, vs in rows]}
-    text = "\n".join(_plugin_text(p, vs) for p, vs in rows) or "no plugins installed"
+        down_after = ctx.settings.host_down_after_s
+        data = {"plugins": [registry.plugin_summary(p, down_after_s=down_after) for p in plugins]}
+    hosts = {p["name"]: p["hosts"] for p in data["plugins"]}
+    text = "\n".join(_plugin_text(p, vs, hosts[p.name]) for p, vs in rows) or "no plugins installed"
     emit(ctx, data, text)
 
 
-def _plugin_text(p: PluginRecord, versions: list[VersionRecord]) -> str:
+def _plugin_text(
+    p: PluginRecord, versions: list[VersionRecord], hosts: list[dict[str, Any]]
+) -> str:
     head = f"{p.name}  active {p.active_version or '-'}  previous {p.previous_version or '-'}"
     if p.disabled:
         head += f"  DISABLED: {p.disabled_reason}"
@@ -65,4 +70,9 @@ def _plugin_text(p: PluginRecord, versions: list[VersionRecord]) -> str:
     width = max((len(v.version) for v in versions), default=0)
     for v in versions:
         lines.append(f"  {v.version:<{width}}  {v.status.value:<11}  digest {v.digest[:12]}")
+    if len(hosts) > 1:  # a fleet: which host runs what
+        for h in hosts:
+            flags = [h["health"]] + (["BEHIND"] if h["behind"] else [])
+            flags += ["HOST DOWN"] if h["host_status"] == "down" else []
+            lines.append(f"  host {h['host_id']}: {h['version'] or '-'}  {' '.join(flags)}")
     return "\n".join(lines)

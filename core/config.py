@@ -65,6 +65,14 @@ class Settings:
         "This server's name in the fleet: 1-63 characters of [a-z0-9._-]. Empty means the "
         "machine's hostname, lower-cased.",
     )
+    heartbeat_interval_s: float = _s(
+        5.0,
+        "Seconds between a daemon's heartbeats in the registry; each beat also records what "
+        "this host runs and converges it to the fleet's desired versions.",
+    )
+    host_down_after_s: float = _s(
+        30.0, "A host whose last heartbeat is older than this is shown as down."
+    )
     broker_url: str = _s(
         "",
         "Message broker for jobs and the control plane. Empty means the embedded SQLite "
@@ -211,6 +219,7 @@ def _check(s: Settings) -> None:
     positive = (
         "max_unpacked_bytes", "max_archive_files", "max_compression_ratio",
         "max_response_bytes", "plugin_concurrency", "violation_threshold", "crash_threshold",
+        "heartbeat_interval_s", "host_down_after_s",
     )  # fmt: skip
     for name in positive:
         if getattr(s, name) <= 0:

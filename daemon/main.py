@@ -2,7 +2,9 @@
 
 Start-up order: state tree → ``run/daemon.pid`` → registry → sandbox template →
 every active version started in dependency order (files re-verified before each
-spawn) → call socket → control-plane consumer → metrics endpoint → ``READY=1``
+spawn; a version accepted on another host of the fleet is fetched and verified first) →
+call socket → control-plane consumer → fleet agent (heartbeat, observed state,
+convergence: :mod:`plugvisor.daemon.fleet`) → metrics endpoint → ``READY=1``
 (and ``WATCHDOG=1`` pings when systemd asks for them).
 
 Signals: SIGTERM/SIGINT stop accepting calls, drain calls in progress
@@ -29,6 +31,7 @@ from plugvisor.core.errors import PlugvisorError, StateError
 from plugvisor.core.log import configure_logging, get_logger
 from plugvisor.daemon.callserver import CallServer
 from plugvisor.daemon.control import CommandHandlers, ControlPlane
+from plugvisor.daemon.fleet import HostAgent
 from plugvisor.daemon.metrics import DaemonMetrics
 from plugvisor.daemon.notify import Notifier
 from plugvisor.daemon.supervisor import Supervisor
@@ -63,6 +66,7 @@ class Daemon:
         self.swap: SwapEngine | None = None
         self.calls: CallServer | None = None
         self.control: ControlPlane | None = None
+        self.fleet: HostAgent | None = None
         self._lock_fd: int | None = None
 
     # ---- start ----------------------------------------------------------------------------
@@ -84,7 +88,7 @@ class Daemon:
             on_violation=self._on_violation,
         )
         self.spawner.start()
-        self._report_layers()
+        layers = self._report_layers()
         sup = self.supervisor = Supervisor(
             s, self.layout, self.registry, VersionStore(self.layout), self.spawner,
             metrics=self.metrics,
@@ -98,6 +102,9 @@ class Daemon:
         self.control.prepare(timeout=5.0)  # a broker that is down is retried in the background
         sup.sinks.append(self.control.publish_event)
         self.control.start()
+        # Registers this host, then converges it to the fleet's desired state every beat.
+        self.fleet = HostAgent(s, sup, self.swap, layers)
+        self.fleet.start()
         port = self.metrics.serve(s.metrics_addr, s.metrics_port)
         status = f"{sum(v == 'active' for v in started.values())}/{len(started)} plugins running"
         self.notifier.ready(status)
@@ -109,12 +116,14 @@ class Daemon:
             plugins=started, metrics_port=port,
         )  # fmt: skip
 
-    def _report_layers(self) -> None:
-        """Log which sandbox layers this kernel enforces; a missing one is a warning."""
+    def _report_layers(self) -> dict[str, bool]:
+        """Log which sandbox layers this kernel enforces (a missing one is a warning)."""
         report = detect_layers(self.settings.sandbox_user)
         for layer in report.inactive:
             _log.warning("sandbox_layer_inactive", layer=layer.name, reason=layer.reason)
-        _log.info("sandbox_layers", layers={x.name: x.active for x in report})
+        layers = {x.name: x.active for x in report}
+        _log.info("sandbox_layers", layers=layers)
+        return layers
 
     def _write_pid(self) -> None:
         """Take ``run/daemon.lock`` for the daemon's lifetime, then write ``run/daemon.pid``.
@@ -195,6 +204,8 @@ class Daemon:
             return
         self.settings = new
         configure_logging(new.log_level, new.log_format, component="daemon")
+        if self.fleet is not None:
+            self.fleet.settings = new
         if self.supervisor is not None:
             self.supervisor.settings = new
             self.supervisor.violations.threshold = new.violation_threshold
@@ -210,6 +221,8 @@ class Daemon:
             self.calls.stop_accepting()
         if self.control is not None:
             self.control.stop()
+        if self.fleet is not None:
+            self.fleet.stop()  # no convergence may start a pool while we drain
         if self.calls is not None:
             self.calls.drain(drain)
         if self.supervisor is not None:

@@ -38,7 +38,6 @@ from plugvisor.daemon.metrics import DaemonMetrics
 from plugvisor.daemon.pool import Host, HostPool, PoolClosed
 from plugvisor.sandbox import HostSpec
 from plugvisor.sandbox.violations import ViolationTracker
-from plugvisor.state.fetch import ensure_version
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.registry import Registry
 from plugvisor.state.store import VersionStore
@@ -222,6 +221,10 @@ class Supervisor:
             digest = str(self.registry.get_version(name, version).digest)
         if not self.store.exists(digest):
             # Accepted on another host of the fleet: fetched and re-verified here first.
+            # Imported here: signature checks and tar reading (cryptography, tarfile) stay
+            # out of the resident daemon until a fetch needs them.
+            from plugvisor.state.fetch import ensure_version  # noqa: PLC0415
+
             ensure_version(self.settings, self.registry, digest)
         meta = self._metas.get(digest)
         if meta is None:

@@ -35,7 +35,8 @@ Engines must not cross ``fork()``: open a :class:`Registry` in the process that 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.registry.artefacts import Artefacts
@@ -88,6 +89,29 @@ class Registry(Versions, Jobs, Commands, Artefacts, Hosts):
     ``lock_timeout`` bounds how long one write waits for the database lock (SQLite's
     busy handler first, then retries) before :class:`StateError` ``state.locked``.
     """
+
+    def plugin_summary(self, plugin: PluginRecord, *, down_after_s: float) -> dict[str, Any]:
+        """:meth:`PluginRecord.summary` with its versions and, per host, what runs there.
+
+        ``hosts``: one row per host that ever ran the plugin, with the version it runs,
+        its health, whether the host is ``up`` or ``down`` (no heartbeat for
+        ``down_after_s``) and whether it is ``behind`` the desired (active) version.
+        """
+        now = datetime.now(UTC)
+        known = {h.host_id: h for h in self.list_hosts()}
+        out = plugin.summary(self.list_versions(plugin.name))
+        rows = []
+        for o in self.list_observed(plugin=plugin.name):
+            host = known.get(o.host_id)
+            down = host is None or host.is_down(now, down_after_s)
+            rows.append({
+                "host_id": o.host_id, "version": o.active_version, "health": o.health,
+                "detail": o.detail, "host_status": "down" if down else "up",
+                "behind": not plugin.disabled and o.active_version != plugin.active_version,
+                "changed": o.changed.isoformat(),
+            })  # fmt: skip
+        out["hosts"] = rows
+        return out
 
     @classmethod
     def open(cls, settings: Settings, *, lock_timeout: float = 10.0) -> Registry:

@@ -286,6 +286,27 @@ class HostRecord:
         """No heartbeat for ``down_after_s`` seconds (or a clock that jumped back far)."""
         return abs((now - self.last_seen).total_seconds()) > down_after_s
 
+    def summary(
+        self, observed: Iterable[ObservedRecord], now: datetime, down_after_s: float
+    ) -> dict[str, Any]:
+        """The host as ``plugvisor hosts`` and ``GET /api/hosts`` show it, with what it runs."""
+        return {
+            "host_id": self.host_id,
+            "status": "down" if self.is_down(now, down_after_s) else "up",
+            "started_at": self.started_at.isoformat(),
+            "last_seen": self.last_seen.isoformat(),
+            "seconds_since_seen": round((now - self.last_seen).total_seconds(), 1),
+            "plugvisor_version": self.plugvisor_version,
+            "pid": self.pid,
+            "layers": dict(self.layers),
+            "load": dict(self.load),
+            "plugins": {
+                o.plugin: {"version": o.active_version, "health": o.health, "detail": o.detail}
+                for o in observed
+                if o.host_id == self.host_id
+            },
+        }
+
 
 @dataclass(frozen=True)
 class ObservedRecord:

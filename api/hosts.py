@@ -1,0 +1,33 @@
+"""``/api/hosts``: the daemons of the fleet, from their heartbeats (viewer)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from flask import Blueprint, current_app, jsonify
+from flask.typing import ResponseReturnValue
+
+from plugvisor.api.app import services
+from plugvisor.api.openapi import operation
+from plugvisor.api.schemas import HostListSchema
+from plugvisor.state.tokens import Role
+
+__all__ = ["bp"]
+
+bp = Blueprint("hosts", __name__)
+
+
+@bp.get("/api/hosts")
+@operation(
+    summary="Hosts of the fleet: up or down, sandbox layers, load, what each runs",
+    tag="hosts",
+    role=Role.VIEWER,
+    responses={200: ("Every host that ever registered", HostListSchema)},
+)
+def list_hosts() -> ResponseReturnValue:
+    svc = services(current_app)
+    registry = svc.registry
+    observed = registry.list_observed()
+    now = datetime.now(UTC)
+    down_after = svc.settings.host_down_after_s
+    return jsonify({"hosts": [h.summary(observed, now, down_after) for h in registry.list_hosts()]})
