@@ -118,7 +118,11 @@ class HostAgent:
                 return {"plugin": name, "from": running, "to": None, "outcome": "disabled"}
             return None
         desired = plugin.active_version
+        # A failure is remembered for the version it was about, no longer.
+        for stale in [k for k in self._retry_at if k[0] == name and k[1] != desired]:
+            del self._retry_at[stale]
         if desired is None or desired == running:
+            self._retry_at.pop((name, str(desired)), None)
             return None
         key = (name, desired)
         if self._clock() < self._retry_at.get(key, 0.0):
@@ -127,11 +131,13 @@ class HostAgent:
             outcome = self.swap.activate(name, desired, kind="converge", watch=False)
         except PlugvisorError as exc:
             self._retry_at[key] = self._clock() + max(30.0, 6 * self.settings.heartbeat_interval_s)
+            # The swap reports a refusal before spawn as start_failed; the cause is the rule.
+            cause = str(exc.details.get("cause") or exc.code)
             _log.warning("fleet_converge_failed", host=self.host, plugin=name, version=desired,
-                         code=exc.code, error=exc.message)  # fmt: skip
-            self._safe_observe(name, running, "failed", f"{desired}: {exc.code}: {exc.message}")
+                         code=cause, error=exc.message)  # fmt: skip
+            self._safe_observe(name, running, "failed", f"{desired}: {cause}: {exc.message}")
             return {"plugin": name, "from": running, "to": desired, "outcome": "failed",
-                    "error": exc.code}  # fmt: skip
+                    "error": cause}  # fmt: skip
         self._retry_at.pop(key, None)
         _log.info("fleet_converged", host=self.host, plugin=name, version=desired, from_=running)
         return {"plugin": name, "from": running, "to": desired,
@@ -140,9 +146,8 @@ class HostAgent:
     def _observe(self) -> None:
         for name, slot in list(self.sup.slots.items()):
             version = slot.pool.version if slot.pool is not None else None
-            failed = [k for k in self._retry_at if k[0] == name]
-            if failed and slot.state is not SlotState.ACTIVE:
-                continue  # keep the "failed" row until a convergence succeeds
+            if any(k[0] == name for k in self._retry_at):
+                continue  # the "failed" row stands until a convergence succeeds
             self._safe_observe(name, version, _HEALTH[slot.state], slot.reason or "")
 
     def _safe_observe(self, name: str, version: str | None, health: str, detail: str) -> None:

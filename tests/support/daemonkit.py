@@ -34,7 +34,7 @@ from plugvisor.state.registry import Registry, VersionStatus
 from plugvisor.testing import store_test_version
 from plugvisor.tests.support.waiting import wait_for
 
-__all__ = ["PLUGVISOR", "DaemonKit", "daemon_kit"]
+__all__ = ["PLUGVISOR", "DaemonKit", "daemon_kit", "new_daemon_kit"]
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGVISOR = REPO / ".venv" / "bin" / "plugvisor"
@@ -63,7 +63,7 @@ class DaemonKit:
         return load_settings({"state_dir": str(self.root)}, env=self.env)
 
     def registry(self) -> Registry:
-        return Registry(self.layout)
+        return Registry.open(self.settings)
 
     # ---- versions ----------------------------------------------------------------------
     def add_version(
@@ -166,9 +166,8 @@ def _daemon_cmd() -> list[str]:
     return [str(PLUGVISOR)]
 
 
-@pytest.fixture
-def daemon_kit() -> Iterator[DaemonKit]:
-    """A stopped daemon over a fresh state dir (``kit.start()`` runs it); torn down after."""
+def new_daemon_kit() -> DaemonKit:
+    """A stopped daemon over a fresh state dir under /tmp (the caller tears it down)."""
     root = Path(tempfile.mkdtemp(dir="/tmp", prefix="pv-daemon-"))
     os.chmod(root, 0o755)  # the sandbox user must traverse to versions/
     env = {
@@ -187,7 +186,14 @@ def daemon_kit() -> Iterator[DaemonKit]:
     )
     env.pop("NOTIFY_SOCKET", None)
     env.pop("WATCHDOG_USEC", None)
-    kit = DaemonKit(root=root, env=env)
+    return DaemonKit(root=root, env=env)
+
+
+@pytest.fixture
+def daemon_kit() -> Iterator[DaemonKit]:
+    """A stopped daemon over a fresh state dir (``kit.start()`` runs it); torn down after."""
+    kit = new_daemon_kit()
+    root = kit.root
     try:
         yield kit
     finally:
