@@ -13,6 +13,8 @@ import json
 import pytest
 import sqlalchemy as sa
 
+from plugvisor.state.tokens import Role
+from plugvisor.tests.support.apikit import ApiKit
 from plugvisor.tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow]
@@ -42,6 +44,21 @@ def test_four_daemons_fetch_verify_converge_and_refuse_a_tampered_artefact(make_
     )
     for h in all_hosts[1:]:
         assert fleet.hosts[h].layout.version_dir(v1.digest).is_dir()
+    # The API (its own state dir, the shared database) lists the 4 hosts and what they run.
+    api = ApiKit.create(database_url=fleet.database_url, host_down_after_s=3)
+    try:
+        resp = api.client.get("/api/hosts", headers=api.auth(Role.VIEWER))
+        assert resp.status_code == 200, resp.json
+        hosts = {h["host_id"]: h for h in resp.json["hosts"]}
+        assert sorted(hosts) == all_hosts
+        assert all(h["status"] == "up" and "plugin_hosts" in h["load"] for h in hosts.values())
+        assert api.client.get("/api/hosts").status_code == 401
+        resp = api.client.get("/api/plugins/greeter", headers=api.auth(Role.VIEWER))
+        assert {(h["host_id"], h["version"]) for h in resp.json["hosts"]} == {
+            (h, "1.0.0") for h in all_hosts
+        }
+    finally:
+        api.close()
     with fleet.registry() as reg:
         assert wait_for(
             lambda: {(o.host_id, o.active_version, o.health)
