@@ -11,6 +11,7 @@ import itertools
 import socket
 import sqlite3
 import threading
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -618,3 +619,58 @@ def test_a_malformed_database_url_is_a_clear_error() -> None:
         Registry("nosuchdb://x")
     assert info.value.code == "state.database"
     assert "database_url" in info.value.message
+
+
+def test_heartbeats_register_a_host_and_refresh_it(reg: Registry) -> None:
+    reg.heartbeat("web-1", started_at="2026-01-01T00:00:00+00:00", plugvisor_version="0.1.0",
+                  pid=10, layers={"landlock": True}, load={"plugins": 0})  # fmt: skip
+    [first] = reg.list_hosts()
+    reg.heartbeat("web-1", started_at="2026-01-01T00:00:00+00:00", plugvisor_version="0.1.0",
+                  pid=11, layers={"landlock": True}, load={"plugins": 2})  # fmt: skip
+    [again] = reg.list_hosts()
+    assert (again.host_id, again.pid, again.load, again.layers) == (
+        "web-1", 11, {"plugins": 2}, {"landlock": True},
+    )  # fmt: skip
+    assert again.last_seen >= first.last_seen
+    assert not again.is_down(again.last_seen, 30)
+    assert again.is_down(again.last_seen + timedelta(seconds=31), 30)
+
+
+def test_observed_rows_change_only_when_what_runs_changes(reg: Registry) -> None:
+    assert reg.observe("web-1", "p", "1.0.0", "serving") is True
+    assert reg.observe("web-1", "p", "1.0.0", "serving") is False  # a beat with no news
+    assert reg.observe("web-2", "p", None, "down", "requirement q is not running") is True
+    assert reg.observe("web-1", "p", "1.1.0", "serving") is True
+    rows = [(o.host_id, o.active_version, o.health) for o in reg.list_observed(plugin="p")]
+    assert rows == [("web-1", "1.1.0", "serving"), ("web-2", None, "down")]
+    assert [o.plugin for o in reg.list_observed(host_id="web-2")] == ["p"]
+
+
+def test_plugin_summary_shows_each_host_behind_or_down(reg: Registry) -> None:
+    add(reg, "p", "1.0.0")
+    add(reg, "p", "1.1.0")
+    reg.activate("p", "1.1.0")
+    for host in ("a", "b"):
+        reg.heartbeat(host, started_at="2026-01-01T00:00:00+00:00", plugvisor_version="0.1.0",
+                      pid=1, layers={}, load={})  # fmt: skip
+    reg.observe("a", "p", "1.1.0", "serving")
+    reg.observe("b", "p", "1.0.0", "serving")
+    rows = {
+        r["host_id"]: r for r in reg.plugin_summary(reg.get_plugin("p"), down_after_s=60)["hosts"]
+    }
+    assert (rows["a"]["behind"], rows["b"]["behind"]) == (False, True)
+    assert {r["host_status"] for r in rows.values()} == {"up"}
+    rows = reg.plugin_summary(reg.get_plugin("p"), down_after_s=-1)["hosts"]
+    assert {r["host_status"] for r in rows} == {"down"}
+
+
+def test_an_artefact_is_stored_with_its_version_in_one_transaction(reg: Registry) -> None:
+    rec = reg.add_version(meta("p", "1.0.0"), digest("p", "1.0.0"), KEYID, archive=b"tar-bytes")
+    assert reg.get_artefact(rec.digest) == b"tar-bytes"
+    assert reg.artefact_digests() == {rec.digest}
+    with pytest.raises(ConflictError):  # the same digest again: nothing stored
+        reg.add_version(meta("p", "1.1.0"), rec.digest, KEYID, archive=b"other")
+    assert reg.get_artefact(rec.digest) == b"tar-bytes"
+    with pytest.raises(NotFoundError) as info:
+        reg.get_artefact("00" * 32)
+    assert info.value.code == "not_found.artefact"
