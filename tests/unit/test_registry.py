@@ -6,11 +6,13 @@ and on PostgreSQL (a fleet's shared registry, a throw-away cluster on 127.0.0.1)
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import socket
 import sqlite3
 import threading
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -64,6 +66,16 @@ def target(request: pytest.FixtureRequest, layout: StateLayout) -> StateLayout |
 def reg(target: StateLayout | str):
     with Registry(target) as registry:
         yield registry
+
+
+def _concurrently(*calls: Callable[[], object]) -> None:
+    """Run each call in a thread of its own, all at once; wait for every one."""
+    threads = [threading.Thread(target=call) for call in calls]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "a writer hung"
 
 
 def _raw(reg: Registry) -> sa.Engine:
@@ -155,11 +167,7 @@ def test_concurrent_adds_of_the_same_version_admit_exactly_one(target) -> None:
         with lock:
             outcomes.append(result)
 
-    threads = [threading.Thread(target=worker) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=30)
+    _concurrently(*[worker] * 6)
     assert sorted(outcomes) == ["ok"] + ["version.not_newer"] * 5, outcomes
 
 
@@ -249,13 +257,7 @@ def test_concurrent_activations_leave_exactly_one_active_version(target) -> None
             except BaseException as exc:
                 errors.append(exc)
 
-    threads = [
-        threading.Thread(target=worker, args=(v,)) for v in ("1.0.0", "1.1.0", "1.2.0", "1.3.0")
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
+    _concurrently(*(functools.partial(worker, v) for v in ("1.0.0", "1.1.0", "1.2.0", "1.3.0")))
     assert errors == []
     with Registry(target) as r:
         active = [v.version for v in r.list_versions("p") if v.status is VersionStatus.active]
@@ -483,11 +485,7 @@ def test_concurrent_first_opens_migrate_once(target) -> None:
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=opener) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
+    _concurrently(*[opener] * 4)
     assert errors == []
     with Registry(target) as r:
         assert r.schema_version() == SCHEMA_VERSION
@@ -560,11 +558,7 @@ def test_concurrent_jobs_with_one_idempotency_key_are_one_job(target) -> None:
             start.wait()
             ids.append(r.create_job("upload", {"n": 1}, idempotency_key="same-key").id)
 
-    threads = [threading.Thread(target=submit) for _ in range(5)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
+    _concurrently(*[submit] * 5)
     assert len(ids) == 5 and len(set(ids)) == 1
     with Registry(target) as r:
         assert [j.id for j in r.list_jobs()] == ids[:1]
@@ -579,11 +573,7 @@ def test_concurrent_records_of_one_command_store_it_once(target) -> None:
             start.wait()
             results.append(r.record_command("cmd-1", "activate", {"name": "p"}))
 
-    threads = [threading.Thread(target=record) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
+    _concurrently(*[record] * 4)
     assert results == [None] * 4  # none finished yet: each may apply (idempotent apply)
     with Registry(target) as r:
         r.finish_command("cmd-1", {"ok": True})
