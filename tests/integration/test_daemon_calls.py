@@ -101,21 +101,33 @@ def test_overload_is_refused_with_a_typed_error(daemon_kit):
     codes: list[str] = []
     lock = threading.Lock()
 
-    def slow() -> None:
+    def call(hold_s: float) -> None:
         try:
-            daemon_kit.client().call("slowpoke", {"sleep": 1.0})
+            daemon_kit.client().call("slowpoke", {"sleep": hold_s})
             code = "ok"
         except PlugvisorError as exc:
             code = exc.code
         with lock:
             codes.append(code)
 
-    threads = [threading.Thread(target=slow) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=30)
-    # One runs, one waits in the queue, the other two are refused at once.
+    def pool() -> dict:
+        return daemon_kit.command("status")["result"]["plugins"]["slowpoke"]["pool"]
+
+    # Synchronised on the pool's own counters, not on how fast this machine is: one call
+    # runs, one waits in the queue, and only then do two more arrive. The held calls stay
+    # under the profile's time budget; the sync needs a small part of it.
+    running = threading.Thread(target=call, args=(4.0,))
+    running.start()
+    daemon_kit.wait_for(lambda: pool()["busy"] == 1, 10, "the first call running")
+    queued = threading.Thread(target=call, args=(0.0,))
+    queued.start()
+    daemon_kit.wait_for(lambda: pool()["waiting"] == 1, 10, "the second call queued")
+    assert pool()["busy"] == 1, "the first call ended before the overload could be tested"
+    call(0.0)
+    call(0.0)
+    assert codes == ["plugin.overloaded", "plugin.overloaded"], codes
+    running.join(timeout=30)
+    queued.join(timeout=30)
     assert sorted(codes) == ["ok", "ok", "plugin.overloaded", "plugin.overloaded"], codes
 
 
@@ -158,8 +170,10 @@ def test_pool_grows_under_concurrency_and_shrinks_when_idle(daemon_kit):
         return int(pool["hosts"])
 
     assert hosts() == 1
+    # Each call holds its host for most of the profile's time budget, so the pool must
+    # grow to three however slowly hosts spawn here (the wait is on the pool's count).
     threads = [
-        threading.Thread(target=lambda: daemon_kit.client().call("elastic", {"sleep": 0.5}))
+        threading.Thread(target=lambda: daemon_kit.client().call("elastic", {"sleep": 4.0}))
         for _ in range(3)
     ]
     for t in threads:
