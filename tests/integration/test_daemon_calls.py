@@ -9,6 +9,7 @@ import subprocess
 import threading
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -110,8 +111,8 @@ def test_overload_is_refused_with_a_typed_error(daemon_kit):
         with lock:
             codes.append(code)
 
-    def pool() -> dict:
-        return daemon_kit.command("status")["result"]["plugins"]["slowpoke"]["pool"]
+    def pool() -> dict[str, Any]:
+        return dict(daemon_kit.command("status")["result"]["plugins"]["slowpoke"]["pool"])
 
     # Synchronised on the pool's own counters, not on how fast this machine is: one call
     # runs, one waits in the queue, and only then do two more arrive. The held calls stay
