@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from flask import Blueprint, current_app, jsonify
 from flask.typing import ResponseReturnValue
 
@@ -26,8 +24,6 @@ bp = Blueprint("hosts", __name__)
 )
 def list_hosts() -> ResponseReturnValue:
     svc = services(current_app)
-    registry = svc.registry
-    observed = registry.list_observed()
-    now = datetime.now(UTC)
-    down_after = svc.settings.host_down_after_s
-    return jsonify({"hosts": [h.summary(observed, now, down_after) for h in registry.list_hosts()]})
+    return jsonify(
+        {"hosts": svc.registry.host_summaries(down_after_s=svc.settings.host_down_after_s)}
+    )

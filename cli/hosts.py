@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -28,9 +27,7 @@ def hosts(ctx: CliContext, as_json: bool) -> None:
         emit(ctx, {"hosts": []}, "no hosts registered")  # creates nothing at a mistyped path
         return
     with Registry.open(settings) as registry:
-        observed = registry.list_observed()
-        now = datetime.now(UTC)
-        rows = [h.summary(observed, now, settings.host_down_after_s) for h in registry.list_hosts()]
+        rows = registry.host_summaries(down_after_s=settings.host_down_after_s)
     emit(ctx, {"hosts": rows}, "\n".join(_host_text(h) for h in rows) or "no hosts registered")
 
 

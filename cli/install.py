@@ -11,7 +11,7 @@ from plugvisor.cli.context import CliContext, emit, pass_cli
 from plugvisor.core.errors import NotFoundError
 from plugvisor.state.install import install_archive
 from plugvisor.state.layout import StateLayout
-from plugvisor.state.registry import PluginRecord, Registry, VersionRecord
+from plugvisor.state.registry import Registry
 
 __all__ = ["install", "status"]
 
@@ -52,24 +52,25 @@ def status(ctx: CliContext, name: str | None, as_json: bool) -> None:
         return
     with Registry.open(ctx.settings) as registry:
         plugins = [registry.get_plugin(name)] if name else registry.list_plugins()
-        rows = [(p, registry.list_versions(p.name)) for p in plugins]
         down_after = ctx.settings.host_down_after_s
         data = {"plugins": [registry.plugin_summary(p, down_after_s=down_after) for p in plugins]}
-    hosts = {p["name"]: p["hosts"] for p in data["plugins"]}
-    text = "\n".join(_plugin_text(p, vs, hosts[p.name]) for p, vs in rows) or "no plugins installed"
+    text = "\n".join(_plugin_text(p) for p in data["plugins"]) or "no plugins installed"
     emit(ctx, data, text)
 
 
-def _plugin_text(
-    p: PluginRecord, versions: list[VersionRecord], hosts: list[dict[str, Any]]
-) -> str:
-    head = f"{p.name}  active {p.active_version or '-'}  previous {p.previous_version or '-'}"
-    if p.disabled:
-        head += f"  DISABLED: {p.disabled_reason}"
+def _plugin_text(p: dict[str, Any]) -> str:
+    """One plugin of :meth:`Registry.plugin_summary` as ``status`` prints it."""
+    head = (
+        f"{p['name']}  active {p['active_version'] or '-'}  previous {p['previous_version'] or '-'}"
+    )
+    if p["disabled"]:
+        head += f"  DISABLED: {p['disabled_reason']}"
     lines = [head]
-    width = max((len(v.version) for v in versions), default=0)
+    versions = p["versions"]
+    width = max((len(v["version"]) for v in versions), default=0)
     for v in versions:
-        lines.append(f"  {v.version:<{width}}  {v.status.value:<11}  digest {v.digest[:12]}")
+        lines.append(f"  {v['version']:<{width}}  {v['status']:<11}  digest {v['digest'][:12]}")
+    hosts = p["hosts"]
     if len(hosts) > 1:  # a fleet: which host runs what
         for h in hosts:
             flags = [h["health"]] + (["BEHIND"] if h["behind"] else [])

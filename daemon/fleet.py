@@ -144,11 +144,21 @@ class HostAgent:
                 "outcome": str(outcome.get("outcome", "swapped"))}  # fmt: skip
 
     def _observe(self) -> None:
+        # One read per beat; a write (a write lock on SQLite) only for a row that changed.
+        stored = {
+            o.plugin: (o.active_version, o.health, o.detail)
+            for o in self.sup.registry.list_observed(host_id=self.host)
+        }
         for name, slot in list(self.sup.slots.items()):
-            version = slot.pool.version if slot.pool is not None else None
             if any(k[0] == name for k in self._retry_at):
                 continue  # the "failed" row stands until a convergence succeeds
-            self._safe_observe(name, version, _HEALTH[slot.state], slot.reason or "")
+            row = (
+                slot.pool.version if slot.pool is not None else None,
+                _HEALTH[slot.state],
+                (slot.reason or "")[:1000],
+            )
+            if stored.get(name) != row:
+                self._safe_observe(name, *row)
 
     def _safe_observe(self, name: str, version: str | None, health: str, detail: str) -> None:
         try:

@@ -113,6 +113,12 @@ class Registry(Versions, Jobs, Commands, Artefacts, Hosts):
         out["hosts"] = rows
         return out
 
+    def host_summaries(self, *, down_after_s: float) -> list[dict[str, Any]]:
+        """Every host as ``plugvisor hosts`` and ``GET /api/hosts`` show it."""
+        observed = self.list_observed()
+        now = datetime.now(UTC)
+        return [h.summary(observed, now, down_after_s) for h in self.list_hosts()]
+
     @classmethod
     def open(cls, settings: Settings, *, lock_timeout: float = 10.0) -> Registry:
         """The registry ``settings`` name: ``database_url``, else the state dir's SQLite file."""

@@ -505,3 +505,21 @@ def test_a_digest_nobody_stored_is_not_found(tmp_path: Path, shared_db: str) -> 
     with Registry.open(host_b) as reg, pytest.raises(PlugvisorError) as info:
         ensure_version(host_b, reg, "ab" * 32)
     assert info.value.code == "not_found.artefact"
+
+
+def test_cli_hosts_lists_registered_hosts(settings: Settings, tmp_path: Path) -> None:
+    out = run_cli(settings, "hosts")
+    assert out.returncode == 0 and out.stdout.strip() == "no hosts registered"
+    assert not Path(settings.state_dir).exists()  # nothing created at a mistyped path
+    shared = settings.with_overrides(database_url=f"sqlite:///{tmp_path / 'shared.sqlite'}")
+    with Registry.open(shared) as reg:
+        reg.heartbeat("web-1", started_at="2026-01-01T00:00:00+00:00", plugvisor_version="0.1.0",
+                      pid=42, layers={"seccomp": True}, load={"loadavg_1m": 0.5})  # fmt: skip
+        reg.observe("web-1", "greeter", "1.0.0", "serving")
+    out = run_cli(shared, "--json", "hosts")
+    assert out.returncode == 0, out.stderr
+    [host] = json.loads(out.stdout)["hosts"]
+    assert (host["host_id"], host["status"], host["pid"]) == ("web-1", "up", 42)
+    assert host["plugins"] == {"greeter": {"version": "1.0.0", "health": "serving", "detail": ""}}
+    out = run_cli(shared, "hosts")
+    assert out.stdout.startswith("web-1  UP") and "greeter 1.0.0 serving" in out.stdout
