@@ -1,19 +1,17 @@
 """The control plane's consuming side: the daemon's command consumer and event publisher.
 
 What a command and an event look like on the wire, and how they are sent, is
-:mod:`plugvisor.messaging.control`; here the daemon takes commands off
-``plugvisor.control``, parses each into its :mod:`~plugvisor.messaging.commands` class,
-records it (``Registry.record_command``: a repeated id is answered from the record, so
-redelivery is harmless), applies it through the handler registered for its class,
-stores the outcome (``finish_command``), acks only then, and replies to ``reply_to``.
+:mod:`plugvisor.messaging.control`; here the daemon takes commands off its host's queue
+``plugvisor.control.<host id>`` (routed there by ``host.<host id>`` or ``all``), parses
+each into its :mod:`~plugvisor.messaging.commands` class, records it under (id, host)
+(``Registry.record_command``: a repeated id is answered from the record, so redelivery
+is harmless), applies it through the handler registered for its class, stores the
+outcome (``finish_command``), acks only then, and replies to ``reply_to`` with its host
+id in the outcome.
 
 The embedded broker's poll interval (``broker_polling_interval``) is a trade-off for the
 daemon: each poll runs SQLAlchemy code under the daemon's GIL, against the delay it adds
 to a command's delivery. ``bench/daemon_bench.py`` measures it.
-
-Fleet seam (SPEC §8): a per-host queue bound to a fanout command exchange would let
-every host's daemon receive each command and acknowledge it per host; the message shape
-and the idempotent command record already allow it.
 """
 
 from __future__ import annotations
@@ -32,7 +30,7 @@ from plugvisor.messaging.broker import CONNECTION_ERRORS as _CONN_ERRORS
 from plugvisor.messaging.broker import broker_url, connect
 from plugvisor.messaging.broker import redact as _redact
 from plugvisor.messaging.commands import COMMANDS, Command
-from plugvisor.messaging.control import CONTROL_QUEUE, EVENTS_EXCHANGE, EVENTS_QUEUE, Producer
+from plugvisor.messaging.control import EVENTS_EXCHANGE, EVENTS_QUEUE, Producer, host_queue
 from plugvisor.state.registry import Registry
 
 __all__ = ["CommandHandlers", "ControlPlane"]
@@ -48,7 +46,7 @@ CommandHandlers = Mapping[type[Command], Callable[[Any], Any]]
 
 
 class ControlPlane:
-    """The daemon's consumer thread on ``plugvisor.control`` and its event publisher."""
+    """The daemon's consumer thread on its host's command queue and its event publisher."""
 
     def __init__(self, settings: Settings, registry: Registry, handlers: CommandHandlers) -> None:
         missing = sorted(cls.kind for cls in COMMANDS if cls not in handlers)
@@ -57,6 +55,8 @@ class ControlPlane:
         self.settings = settings
         self.registry = registry
         self.handlers = handlers
+        self.host = settings.host
+        self.queue = host_queue(self.host)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pub_lock = threading.Lock()
@@ -65,7 +65,7 @@ class ControlPlane:
 
     # ---- consumer ------------------------------------------------------------------------
     def prepare(self, timeout: float = 5.0) -> bool:
-        """Declare the control and events queues now (bounded); False if the broker is down.
+        """Declare the command and events queues now (bounded); False if the broker is down.
 
         Called before READY so senders never meet a broker whose tables or queues are
         still being created (kombu's SQLite transport races on first use).
@@ -76,7 +76,7 @@ class ControlPlane:
                 with connect(self.settings) as conn:
                     conn.ensure_connection(max_retries=1, timeout=min(5.0, timeout))
                     channel = conn.channel()
-                    CONTROL_QUEUE(channel).declare()
+                    self.queue(channel).declare()
                     EVENTS_QUEUE(channel).declare()
                     channel.close()
                 return True
@@ -113,12 +113,13 @@ class ControlPlane:
             channel = conn.channel()
             EVENTS_QUEUE(channel).declare()
             consumer = Consumer(
-                channel, queues=[CONTROL_QUEUE], callbacks=[self._on_message],
+                channel, queues=[self.queue], callbacks=[self._on_message],
                 accept=["json"], prefetch_count=1,
             )  # fmt: skip
             with consumer:
                 self.connected.set()
-                _log.info("control_plane_ready", broker=_redact(broker_url(self.settings)))
+                _log.info("control_plane_ready", broker=_redact(broker_url(self.settings)),
+                          queue=self.queue.name)  # fmt: skip
                 while not self._stop.is_set():
                     try:
                         conn.drain_events(timeout=0.5)
@@ -145,19 +146,19 @@ class ControlPlane:
         if not isinstance(body, dict) or not cid or body.get("kind") not in COMMANDS.kinds():
             err = ApiError("invalid_command", "a command needs an id and a kind in "
                            f"{sorted(COMMANDS.kinds())}")  # fmt: skip
-            outcome = {"id": cid, "ok": False, "error": err.to_dict()}
+            outcome = {"id": cid, "host": self.host, "ok": False, "error": err.to_dict()}
         else:
             kind = str(body["kind"])
             params = body.get("params") or {}
             try:
-                prior = self.registry.record_command(cid, kind, params)
+                prior = self.registry.record_command(cid, self.host, kind, params)
                 if prior is not None:
                     outcome = prior
                     _log.info("control_command_repeated", id=cid, kind=kind)
                 else:
                     outcome = self._apply(cid, kind, params if isinstance(params, dict) else {})
                     outcome["received_at"] = received_at  # wall clock, for latency figures
-                    self.registry.finish_command(cid, outcome)
+                    self.registry.finish_command(cid, self.host, outcome)
             except PlugvisorError as exc:
                 # The registry could not record it (locked, unreachable): leave the message
                 # unacked for redelivery; a partly applied command is re-applied idempotently.
@@ -181,14 +182,14 @@ class ControlPlane:
         except PlugvisorError as exc:
             _log.warning("control_command_failed", id=cid, kind=kind, code=exc.code,
                          error=exc.message)  # fmt: skip
-            return {"id": cid, "ok": False, "error": exc.to_dict()}
+            return {"id": cid, "host": self.host, "ok": False, "error": exc.to_dict()}
         except Exception as exc:  # a bug must fail this command, not the control plane
             _log.exception("control_command_crashed", id=cid, kind=kind)
             err = PlugvisorError("internal", f"{kind} failed inside the daemon: {exc!r}")
-            return {"id": cid, "ok": False, "error": err.to_dict()}
+            return {"id": cid, "host": self.host, "ok": False, "error": err.to_dict()}
         _log.info("control_command_applied", id=cid, kind=kind,
                   ms=round((time.perf_counter() - t0) * 1000, 3))  # fmt: skip
-        return {"id": cid, "ok": True, "result": result}
+        return {"id": cid, "host": self.host, "ok": True, "result": result}
 
     # ---- events --------------------------------------------------------------------------
     def publish_event(self, event: Mapping[str, Any]) -> None:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +48,7 @@ from plugvisor.core.errors import (
     DependencyError,
     JobError,
     NotFoundError,
+    PlugvisorError,
     SignatureError,
     StateError,
 )
@@ -55,7 +57,7 @@ from plugvisor.core.semver import parse_version
 from plugvisor.messaging.broker import CONNECTION_ERRORS
 from plugvisor.messaging.celery_app import soft_time_limit
 from plugvisor.messaging.commands import Activate, Command, Rollback
-from plugvisor.messaging.control import outcome_result, send_command
+from plugvisor.messaging.control import broadcast_command, outcome_result, send_command
 from plugvisor.messaging.jobs import open_registry
 from plugvisor.state.backups import (
     read_backup,
@@ -180,42 +182,88 @@ def _command_timeout(settings: Settings, job: JobRun) -> float:
 _TRANSIENT = CONNECTION_ERRORS
 
 
-def _command(settings: Settings, job: JobRun, command: Command, command_id: str) -> dict[str, Any]:
-    """Send one control-plane command and return its result, retrying lost connections.
+def _command(
+    settings: Settings,
+    job: JobRun,
+    send: Callable[[float], dict[str, dict[str, Any]]],
+    kind: str,
+    command_id: str,
+) -> dict[str, dict[str, Any]]:
+    """Send one control-plane command with ``send(timeout)``; its outcomes by host.
 
     A broken broker connection (RabbitMQ restarting, a dropped socket) is retried with
     back-off inside the task's time budget; every try carries the same ``command_id``,
-    so the daemon applies the command once whatever number of copies reach it.
+    so each daemon applies the command once whatever number of copies reach it.
     """
     delay = 0.2
     while True:
-        timeout = _command_timeout(settings, job)
         try:
-            outcome = send_command(settings, command, timeout=timeout, command_id=command_id)
+            return send(_command_timeout(settings, job))
         except _TRANSIENT as exc:
             left = soft_time_limit(settings) - (time.monotonic() - job.started)
             if left < delay + 5.0:
                 raise JobError(
-                    "broker_unavailable", f"{command.kind} command {command_id} could not "
+                    "broker_unavailable", f"{kind} command {command_id} could not "
                     f"reach the daemon: {type(exc).__name__}: {exc}", command_id=command_id,
                 ) from exc  # fmt: skip
-            job.log.warning("job.command_retry", kind=command.kind, command_id=command_id,
+            job.log.warning("job.command_retry", kind=kind, command_id=command_id,
                             error=f"{type(exc).__name__}: {exc}", retry_in_s=delay)  # fmt: skip
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
-            continue
-        return dict(outcome_result(outcome))
+
+
+def fleet_result(outcomes: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """One result from the outcomes of every addressed host, or the error that fails it.
+
+    A host that refused (or failed the swap) fails the step with its error, naming the
+    host when there are several; hosts that did not answer in time only fail it when
+    none answered -- they converge to the desired version when they return, and are
+    listed as ``behind``. The result is the first switched host's, plus every host's
+    outcome.
+    """
+    results: dict[str, dict[str, Any]] = {}
+    errors: dict[str, PlugvisorError] = {}
+    for host, outcome in sorted(outcomes.items()):
+        try:
+            results[host] = dict(outcome_result(outcome))
+        except PlugvisorError as exc:
+            errors[host] = exc
+    refused = {h: e for h, e in errors.items() if e.code != "job.timeout"}
+    if refused or not results:
+        host, err = next(iter((refused or errors).items()))
+        if len(outcomes) == 1:
+            raise err
+        raise type(err)(
+            err.rule, f"host {host}: {err.message}",
+            **{**err.details, "host": host, "hosts": _host_lines(results, errors)},
+        )  # fmt: skip
+    first = results[next(iter(results))]
+    return {**first, "hosts": _host_lines(results, errors),
+            "behind": sorted(errors)}  # fmt: skip
+
+
+def _host_lines(
+    results: Mapping[str, Mapping[str, Any]], errors: Mapping[str, PlugvisorError]
+) -> dict[str, dict[str, Any]]:
+    lines: dict[str, dict[str, Any]] = {
+        h: {"outcome": r.get("outcome"), "took_ms": r.get("took_ms")} for h, r in results.items()
+    }
+    lines.update({h: {"outcome": "error", "error": e.code} for h, e in errors.items()})
+    return dict(sorted(lines.items()))
 
 
 def _activate(job: JobRun, settings: Settings) -> None:
-    """Ask the daemon to swap; the job's result is its recorded outcome."""
+    """Ask every daemon of the fleet to swap; the job's result is their recorded outcomes."""
     target = _target(job)
     name, version = str(target["name"]), str(target["version"])
 
     def activate(_step: Step) -> dict[str, Any]:
-        # Same id on every delivery: the daemon applies it once and answers repeats
-        # from Registry.record_command.
-        return _command(settings, job, Activate(name, version), f"{job.job_id}:activate")
+        # Same id on every delivery: each daemon applies it once and answers repeats
+        # from its record (Registry.record_command).
+        cid = f"{job.job_id}:activate"
+        command = Activate(name, version)
+        send = partial(_broadcast, settings, command, cid)
+        return fleet_result(_command(settings, job, send, command.kind, cid))
 
     swapped = job.run_step("activate", activate)
     job.succeed({
@@ -224,9 +272,23 @@ def _activate(job: JobRun, settings: Settings) -> None:
         "from": target.get("from"),
         "outcome": swapped.get("outcome"),
         "took_ms": swapped.get("took_ms"),
+        "hosts": swapped.get("hosts"),
+        "behind": swapped.get("behind"),
         "snapshot": _backup_ref(job.step_result("snapshot")),
         "trial": job.step_result("trial"),
     })  # fmt: skip
+
+
+def _broadcast(
+    settings: Settings, command: Command, cid: str, timeout: float
+) -> dict[str, dict[str, Any]]:
+    return broadcast_command(settings, command, timeout=timeout, command_id=cid)
+
+
+def _to_this_host(
+    settings: Settings, command: Command, cid: str, timeout: float
+) -> dict[str, dict[str, Any]]:
+    return {settings.host: send_command(settings, command, timeout=timeout, command_id=cid)}
 
 
 def _backup_ref(snapshot: Any) -> dict[str, Any] | None:
@@ -337,8 +399,12 @@ def _restore(job: JobRun, settings: Settings) -> None:
     )  # fmt: skip
 
     def swap(_step: Step) -> dict[str, Any]:
+        # The backup and the staged data are this host's: its daemon swaps them in; the
+        # other hosts of a fleet follow the desired version with their own data.
+        cid = f"{job.job_id}:rollback"
         command = Rollback(name, version, restore_from=staged["stage"])
-        return _command(settings, job, command, f"{job.job_id}:rollback")
+        send = partial(_to_this_host, settings, command, cid)
+        return fleet_result(_command(settings, job, send, command.kind, cid))
 
     try:
         swapped = job.run_step("swap", swap)

@@ -9,6 +9,7 @@ threshold is shown as ``down``.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -59,6 +60,11 @@ class Hosts(Database):
         with self._read() as conn:
             rows = conn.execute(sa.select(hosts_t).order_by(hosts_t.c.host_id)).all()
         return [host_record(r) for r in rows]
+
+    def up_hosts(self, *, down_after_s: float) -> list[str]:
+        """The ids of the hosts heard from within ``down_after_s`` seconds, sorted."""
+        now = datetime.now(UTC)
+        return [h.host_id for h in self.list_hosts() if not h.is_down(now, down_after_s)]
 
     def observe(
         self, host_id: str, plugin: str, active_version: str | None, health: str, detail: str = ""

@@ -177,6 +177,7 @@ class CommandRecord:
     """A control-plane command as first recorded, and its outcome once applied."""
 
     id: str
+    host_id: str
     kind: str
     params: dict[str, Any]
     outcome: dict[str, Any] | None

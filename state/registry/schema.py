@@ -43,8 +43,8 @@ jobs_t = sa.table(
 )  # fmt: skip
 commands_t = sa.table(
     "commands",
-    sa.column("id"), sa.column("kind"), sa.column("params"), sa.column("outcome"),
-    sa.column("created"), sa.column("finished"),
+    sa.column("id"), sa.column("host_id"), sa.column("kind"), sa.column("params"),
+    sa.column("outcome"), sa.column("created"), sa.column("finished"),
 )  # fmt: skip
 events_t = sa.table(
     "events",
@@ -126,14 +126,15 @@ class Q:
         )
         .returning(*events_t.c)
     )  # fmt: skip
-    command = sa.select(commands_t).where(commands_t.c.id == _b("b_id"))
+    _command_key = (commands_t.c.id == _b("b_id"), commands_t.c.host_id == _b("b_host"))
+    command = sa.select(commands_t).where(*_command_key)
     insert_command = sa.insert(commands_t).values(
-        id=_b("b_id"), kind=_b("b_kind"), params=_b("b_params"), outcome=None,
-        created=_b("b_now"), finished=None,
+        id=_b("b_id"), host_id=_b("b_host"), kind=_b("b_kind"), params=_b("b_params"),
+        outcome=None, created=_b("b_now"), finished=None,
     )  # fmt: skip
     finish_command = (
         sa.update(commands_t)
-        .where(commands_t.c.id == _b("b_id"))
+        .where(*_command_key)
         .values(outcome=_b("b_outcome"), finished=_b("b_now"))
     )
     job = sa.select(jobs_t).where(jobs_t.c.id == _b("b_id"))
@@ -276,7 +277,38 @@ def _migration_2(conn: Connection) -> None:
     md.create_all(conn)
 
 
-MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_migration_1, _migration_2)
+def _migration_3(conn: Connection) -> None:
+    """Command records per (command id, host): a command sent to several hosts is applied,
+    recorded and answered by each of them once.
+
+    Rows from before keep their id with the host ``""`` (no host answers from them: a
+    command that old has expired anyway).
+    """
+    md = sa.MetaData()
+    ts = sa.String(40)
+    # A new table, then the old one's rows, then the swap of names (PostgreSQL keeps an
+    # old table's index names, so the new key constraint is named explicitly).
+    sa.Table(
+        "commands_v3", md,
+        sa.Column("id", sa.String(128), nullable=False),
+        sa.Column("host_id", sa.String(63), nullable=False),
+        sa.Column("kind", sa.String(64), nullable=False),
+        sa.Column("params", sa.Text, nullable=False),
+        sa.Column("outcome", sa.Text, nullable=True),
+        sa.Column("created", ts, nullable=False),
+        sa.Column("finished", ts, nullable=True),
+        sa.PrimaryKeyConstraint("id", "host_id", name="pk_commands_per_host"),
+    )  # fmt: skip
+    md.create_all(conn)
+    conn.execute(sa.text(
+        "INSERT INTO commands_v3 (id, host_id, kind, params, outcome, created, finished) "
+        "SELECT id, '', kind, params, outcome, created, finished FROM commands"
+    ))  # fmt: skip
+    conn.execute(sa.text("DROP TABLE commands"))
+    conn.execute(sa.text("ALTER TABLE commands_v3 RENAME TO commands"))
+
+
+MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_migration_1, _migration_2, _migration_3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -59,7 +59,7 @@ def test_commands_are_applied_recorded_and_answered(broker_kit):
     assert exc.value.code == "plugin.disabled"
     assert "maintenance" in exc.value.message
     with kit.registry() as reg:
-        assert reg.get_command("fixed-id-1").outcome == first
+        assert reg.get_command("fixed-id-1", kit.settings.host).outcome == first
         disabled = [e for e in reg.list_events(plugin="ctl") if e.kind == "disabled"]
     assert len(disabled) == 1
 

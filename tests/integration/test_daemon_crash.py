@@ -42,7 +42,9 @@ def test_kill9_mid_swap_leaves_one_active_version(daemon_kit):
         )
         sender.start()
         with kit.registry() as reg:
-            kit.wait_for(lambda c=cid: _recorded(reg, c), 10, "the command to be recorded")
+            kit.wait_for(
+                lambda c=cid: _recorded(reg, c, kit.settings.host), 10, "the command to be recorded"
+            )
         time.sleep(delay)  # the instant of the kill is the variable under test
         kit.kill9()
         kit.start()
@@ -58,9 +60,9 @@ def test_kill9_mid_swap_leaves_one_active_version(daemon_kit):
         sender.join(timeout=5)
 
 
-def _recorded(reg, cid):
+def _recorded(reg, cid, host):
     try:
-        reg.get_command(cid)
+        reg.get_command(cid, host)
     except PlugvisorError:
         return False
     return True

@@ -31,6 +31,7 @@ from plugvisor.state.registry import (
     VersionStatus,
 )
 from plugvisor.state.registry.db import engine_url
+from plugvisor.state.registry.schema import MIGRATIONS
 
 KEYID = "ab" * 32
 
@@ -435,14 +436,53 @@ def test_repeated_idempotency_key_returns_the_existing_job(reg: Registry) -> Non
 
 
 def test_command_outcome_is_returned_for_a_repeated_delivery(reg: Registry) -> None:
-    assert reg.record_command("c1", "activate", {"name": "p"}) is None
+    assert reg.record_command("c1", "h1", "activate", {"name": "p"}) is None
     # Delivered again before it finished: apply again.
-    assert reg.record_command("c1", "activate", {"name": "p"}) is None
-    reg.finish_command("c1", {"ok": True, "version": "1.0.0"})
-    assert reg.record_command("c1", "activate", {"name": "p"}) == {"ok": True, "version": "1.0.0"}
-    assert reg.get_command("c1").outcome == {"ok": True, "version": "1.0.0"}
+    assert reg.record_command("c1", "h1", "activate", {"name": "p"}) is None
+    reg.finish_command("c1", "h1", {"ok": True, "version": "1.0.0"})
+    assert reg.record_command("c1", "h1", "activate", {"name": "p"}) == {
+        "ok": True, "version": "1.0.0"}  # fmt: skip
+    assert reg.get_command("c1", "h1").outcome == {"ok": True, "version": "1.0.0"}
     with pytest.raises(NotFoundError):
-        reg.finish_command("never", {})
+        reg.finish_command("never", "h1", {})
+
+
+def test_command_records_are_per_host(reg: Registry) -> None:
+    # The same command reaches every host of a fleet: each applies it once, on its own.
+    assert reg.record_command("c1", "h1", "activate", {"name": "p"}) is None
+    reg.finish_command("c1", "h1", {"ok": True, "host": "h1"})
+    assert reg.record_command("c1", "h2", "activate", {"name": "p"}) is None  # h2: apply
+    reg.finish_command("c1", "h2", {"ok": False, "host": "h2"})
+    assert reg.record_command("c1", "h1", "activate", {}) == {"ok": True, "host": "h1"}
+    assert reg.get_command("c1", "h2").outcome == {"ok": False, "host": "h2"}
+    with pytest.raises(NotFoundError) as info:
+        reg.get_command("c1", "h3")
+    assert "h3" in info.value.message
+
+
+def test_migration_3_keeps_earlier_command_records(target) -> None:
+    # A registry at schema 2 with a command record, then opened by this version.
+    url = f"sqlite:///{target.registry_db}" if isinstance(target, StateLayout) else target
+    engine = sa.create_engine(engine_url(url))
+    try:
+        with engine.begin() as conn:
+            for migrate in MIGRATIONS[:2]:
+                migrate(conn)
+            conn.execute(sa.text("CREATE TABLE schema_version (version INTEGER NOT NULL, "
+                                 "applied VARCHAR(40) NOT NULL)"))  # fmt: skip
+            conn.execute(sa.text("INSERT INTO schema_version VALUES (1, 'then'), (2, 'then')"))
+            conn.execute(sa.text(
+                "INSERT INTO commands (id, kind, params, outcome, created, finished) "
+                "VALUES ('old-1', 'status', '{}', '{\"ok\": true}', '2026-01-01T00:00:00+00:00', "
+                "'2026-01-01T00:00:01+00:00')"
+            ))  # fmt: skip
+    finally:
+        engine.dispose()
+    with Registry(target) as r:
+        assert r.schema_version() == SCHEMA_VERSION
+        old = r.get_command("old-1", "")
+        assert (old.kind, old.outcome) == ("status", {"ok": True})
+        assert r.record_command("old-1", "h1", "status") is None  # no host answers from it
 
 
 def test_record_and_list_events_newest_first(reg: Registry) -> None:
@@ -571,13 +611,13 @@ def test_concurrent_records_of_one_command_store_it_once(target) -> None:
     def record() -> None:
         with Registry(target) as r:
             start.wait()
-            results.append(r.record_command("cmd-1", "activate", {"name": "p"}))
+            results.append(r.record_command("cmd-1", "h1", "activate", {"name": "p"}))
 
     _concurrently(*[record] * 4)
     assert results == [None] * 4  # none finished yet: each may apply (idempotent apply)
     with Registry(target) as r:
-        r.finish_command("cmd-1", {"ok": True})
-        assert r.record_command("cmd-1", "activate", {"name": "p"}) == {"ok": True}
+        r.finish_command("cmd-1", "h1", {"ok": True})
+        assert r.record_command("cmd-1", "h1", "activate", {"name": "p"}) == {"ok": True}
 
 
 @pytest.mark.parametrize(
