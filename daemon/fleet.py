@@ -12,6 +12,9 @@ Every ``heartbeat_interval_s`` the agent (one thread):
 3. records what runs here (``observed`` rows, written by this daemon only).
 
 A daemon that starts or comes back after a partition therefore converges on its own.
+Every state change of a plugin here (a commanded swap, a crash, a disable: the
+supervisor's events) wakes the agent for a beat at once (:meth:`HostAgent.poke`), so
+observed rows follow a reload in moments rather than at the next heartbeat.
 A convergence that fails (an artefact that does not verify here, a version that does not
 start) is recorded in ``observed`` and retried only after a back-off, so a broken
 version costs one attempt per back-off, not one per beat.
@@ -64,6 +67,7 @@ class HostAgent:
         self.started_at = datetime.now(UTC).isoformat(timespec="microseconds")
         self._clock = clock
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         #: (plugin, version) -> when a failed convergence may be tried again.
         self._retry_at: dict[tuple[str, str], float] = {}
@@ -76,13 +80,22 @@ class HostAgent:
         self._thread = threading.Thread(target=self._run, name="fleet-agent", daemon=True)
         self._thread.start()
 
+    def poke(self, _event: object = None) -> None:
+        """Beat now (a supervisor event sink: something changed here)."""
+        self._wake.set()
+
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=5.0)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.settings.heartbeat_interval_s):
+        while True:
+            self._wake.wait(self.settings.heartbeat_interval_s)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             self.beat()
 
     # ---- one beat ----------------------------------------------------------------------------

@@ -105,6 +105,7 @@ class Daemon:
         # Registers this host, then converges it to the fleet's desired state every beat.
         self.fleet = HostAgent(s, sup, self.swap, layers)
         self.fleet.start()
+        sup.sinks.append(self.fleet.poke)  # observed rows follow every change at once
         port = self.metrics.serve(s.metrics_addr, s.metrics_port)
         status = f"{sum(v == 'active' for v in started.values())}/{len(started)} plugins running"
         self.notifier.ready(status)

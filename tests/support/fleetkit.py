@@ -4,30 +4,39 @@ Each host is a :class:`~plugvisor.tests.support.daemonkit.DaemonKit` whose envir
 adds ``PLUGVISOR_DATABASE_URL`` (the shared registry and artefact store),
 ``PLUGVISOR_HOST_ID`` and a short heartbeat, and whose state dir trusts the rig's signing
 key. Versions are real signed archives (:func:`plugvisor.core.archive.pack`), installed
-on one host with :func:`plugvisor.state.install.install_archive`: the other hosts have
-to fetch and verify them from the shared store.
+on one host with :func:`plugvisor.state.install.install_archive` (or uploaded through
+an API process, :meth:`Fleet.start_api`, for a worker, :meth:`Fleet.start_worker`): the
+other hosts have to fetch and verify them from the shared store.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
+import signal
+import subprocess
 import tempfile
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from plugvisor.cli.remote import ApiClient
 from plugvisor.client import Client
 from plugvisor.core.archive import pack
 from plugvisor.core.errors import PlugvisorError
 from plugvisor.core.signing import generate_keypair
 from plugvisor.state.install import install_archive
 from plugvisor.state.registry import Registry, VersionRecord
+from plugvisor.state.tokens import TOKENS_FILE, Role, TokenStore
 from plugvisor.state.trust import TrustStore
 from plugvisor.testing import VERSIONED_PLUGIN
-from plugvisor.tests.support.daemonkit import DaemonKit, new_daemon_kit
+from plugvisor.tests.support.apikit import free_port
+from plugvisor.tests.support.daemonkit import PLUGVISOR, DaemonKit, new_daemon_kit
 
 __all__ = ["Fleet", "make_fleet"]
 
@@ -41,10 +50,48 @@ class Fleet:
     key: Path
     work: Path
     _clients: dict[str, Client] = dataclasses.field(default_factory=dict)
+    _procs: list[subprocess.Popen[bytes]] = dataclasses.field(default_factory=list)
+
+    def _spawn(self, host: str, name: str, *args: str) -> subprocess.Popen[bytes]:
+        kit = self.hosts[host]
+        log = kit.root / "logs" / f"{name}-{len(self._procs)}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [str(PLUGVISOR), "--state-dir", str(kit.root), *args], env=kit.env,
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        self._procs.append(proc)
+        return proc
+
+    def start_worker(self, host: str, concurrency: int = 2) -> subprocess.Popen[bytes]:
+        """A ``plugvisor worker`` on ``host``'s state dir (jobs from the fleet's job queue)."""
+        return self._spawn(
+            host, "worker", "worker", "--concurrency", str(concurrency),
+            "--hostname", f"fleet-{uuid.uuid4().hex[:8]}@{host}",
+        )  # fmt: skip
+
+    def start_api(self, host: str, role: Role = Role.ADMIN) -> ApiClient:
+        """A ``plugvisor api`` process on ``host``'s state dir; a client with a ``role`` token."""
+        self.hosts[host].layout.ensure()
+        token = TokenStore(self.hosts[host].root / TOKENS_FILE).create(role, f"fleet-{role.value}")
+        port = free_port()
+        proc = self._spawn(host, "api", "api", "--host", "127.0.0.1", "--port", str(port))
+        client = ApiClient(f"http://127.0.0.1:{port}", token, timeout=30)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.request("GET", "/api/health", auth=False, ok_statuses=(503,))
+                return client
+            except PlugvisorError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
 
     def archive(self, name: str, version: str, mode: str = "ok") -> Path:
         """A signed archive of the versioned test plugin."""
-        src = self.work / f"src-{name}-{version}" / name
+        unique = uuid.uuid4().hex[:8]
+        src = self.work / f"src-{name}-{version}-{unique}" / name
         pkg = src / name.replace("-", "_")
         pkg.mkdir(parents=True)
         (pkg / "__init__.py").write_text(VERSIONED_PLUGIN.format(name=name, version=version,
@@ -53,7 +100,7 @@ class Fleet:
             f"name: {name}\nversion: {version}\napi: 1\nentrypoint: {pkg.name}:Plugin\n"
             "profile: default\n"
         )
-        return pack(src, self.key, self.work / "out")
+        return pack(src, self.key, self.work / f"out-{unique}")
 
     def install(self, host: str, archive: Path) -> VersionRecord:
         """Install ``archive`` on ``host`` (its tree there, its row and bytes shared)."""
@@ -75,6 +122,14 @@ class Fleet:
         return str(out["version"])
 
     def stop(self) -> None:
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(timeout=10)
         for kit in self.hosts.values():
             try:
                 kit.stop(timeout=20)
@@ -102,8 +157,8 @@ def make_fleet(postgres_url: str) -> Iterator[Callable[..., Fleet]]:
                 PLUGVISOR_HOST_ID=f"h{i}",
                 PLUGVISOR_HEARTBEAT_INTERVAL_S="0.3",
                 PLUGVISOR_HOST_DOWN_AFTER_S="3",
-                **{f"PLUGVISOR_{k.upper()}": v for k, v in env.items()},
             )
+            kit.env.update({f"PLUGVISOR_{k.upper()}": v for k, v in env.items()})
             TrustStore(kit.root).trust(Path(f"{key}.pub"))
             hosts[f"h{i}"] = kit
         fleet = Fleet(database_url=postgres_url, hosts=hosts, key=key, work=work)
