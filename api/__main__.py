@@ -13,6 +13,7 @@ import sys
 from plugvisor.api.app import create_app
 from plugvisor.core.config import load_settings
 from plugvisor.core.entrypoint import run_process
+from plugvisor.messaging.preflight import preflight
 
 
 def main() -> int:
@@ -22,6 +23,7 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=None, help="port (default: api_port)")
     args = parser.parse_args()
     settings = load_settings({"state_dir": args.state_dir})
+    preflight(settings)  # an unreachable registry or broker: refused, naming the setting
     app = create_app(settings)
     host = args.host or settings.api_host
     port = settings.api_port if args.port is None else args.port

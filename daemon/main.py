@@ -37,6 +37,7 @@ from plugvisor.daemon.notify import Notifier
 from plugvisor.daemon.supervisor import Supervisor
 from plugvisor.daemon.swap import SwapEngine
 from plugvisor.messaging.commands import Activate, Disable, Enable, Rollback, Status
+from plugvisor.messaging.preflight import preflight
 from plugvisor.sandbox import Spawner, detect_layers
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.registry import Registry
@@ -72,6 +73,7 @@ class Daemon:
     # ---- start ----------------------------------------------------------------------------
     def start(self) -> None:
         s = self.settings
+        preflight(s)  # an unreachable registry or broker is refused before anything starts
         self.layout.ensure()
         self._write_pid()
         # Debris of a crash mid-install (staging leftovers, trees never recorded).
@@ -99,7 +101,7 @@ class Daemon:
         self.calls = CallServer(self.layout.daemon_socket, sup.dispatch)
         self.calls.start()
         self.control = ControlPlane(s, self.registry, self.command_handlers())
-        self.control.prepare(timeout=5.0)  # a broker that is down is retried in the background
+        self.control.prepare(timeout=5.0)  # a broker lost since preflight: retried in background
         sup.sinks.append(self.control.publish_event)
         self.control.start()
         # Registers this host, then converges it to the fleet's desired state every beat.

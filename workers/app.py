@@ -28,6 +28,7 @@ from plugvisor.core.errors import ConfigError, PlugvisorError
 from plugvisor.core.log import configure_logging, get_logger
 from plugvisor.messaging.celery_app import AppCache, PlugvisorCelery, new_celery
 from plugvisor.messaging.jobs import JOBS, enqueue, open_registry
+from plugvisor.messaging.preflight import preflight
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.registry import JobStatus
 from plugvisor.workers.tasks import register_tasks
@@ -86,6 +87,7 @@ def run_worker(
         raise ConfigError("invalid_value", f"pool must be prefork or solo, not {pool!r}",
                           setting="pool")  # fmt: skip
     _worker_settings = settings
+    preflight(settings)  # an unreachable registry or broker: refused, naming the setting
     from plugvisor.scan.scanner import warm_up  # noqa: PLC0415
 
     warm_up()  # before the pool forks: children inherit Bandit already loaded
