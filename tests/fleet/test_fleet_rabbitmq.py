@@ -15,8 +15,10 @@ import uuid
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from plugvisor.cli.remote import ApiClient
+from plugvisor.state.registry.db import engine_url
 from plugvisor.tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.fleet, pytest.mark.rabbitmq, pytest.mark.slow]
@@ -58,9 +60,13 @@ def _together(*calls) -> list[Any]:
     return results
 
 
-def test_upload_once_reload_every_host_through_its_own_queue(make_fleet, rabbitmq_url) -> None:
+def test_upload_once_reload_every_host_through_its_own_queue(
+    make_fleet, rabbitmq_url, postgres_url
+) -> None:
     fleet = make_fleet(
         4, broker_url=rabbitmq_url, job_queue=f"plugvisor.jobs.fleet-{uuid.uuid4().hex[:8]}",
+        # Celery's results in the fleet's PostgreSQL too, as the README's fleet setup has it.
+        result_backend="db+" + engine_url(postgres_url),
         # Slow heartbeats: hosts must switch because of their own command, not convergence.
         heartbeat_interval_s="10", host_down_after_s="60",
     )  # fmt: skip
@@ -130,3 +136,10 @@ def test_upload_once_reload_every_host_through_its_own_queue(make_fleet, rabbitm
         lambda: all(fleet.served(h, "greeter") == desired for h in hosts),
         60, f"every host on the desired {desired}", interval=0.1,
     )  # fmt: skip
+    engine = sa.create_engine(engine_url(postgres_url))
+    try:  # the workers' Celery results went to PostgreSQL (the fleet's result_backend)
+        with engine.connect() as conn:
+            stored = conn.execute(sa.text("SELECT count(*) FROM celery_taskmeta")).scalar()
+    finally:
+        engine.dispose()
+    assert stored and stored > 0
