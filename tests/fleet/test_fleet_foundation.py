@@ -12,7 +12,6 @@ import json
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 
 from plugvisor.state.tokens import Role
 from plugvisor.tests.support.apikit import ApiKit
@@ -92,14 +91,8 @@ def test_four_daemons_fetch_verify_converge_and_refuse_a_tampered_artefact(make_
 
     # Bytes changed in the shared store after h1 accepted 1.2.0: every other host
     # refuses them (archive.hash_mismatch, a security.log line) and keeps serving 1.1.0.
-    archive = fleet.archive("greeter", "1.2.0")
-    v3 = fleet.install("h1", archive)
-    tampered = archive.read_bytes()
-    engine = sa.create_engine(fleet.database_url)
-    with engine.begin() as conn:
-        conn.execute(sa.text("UPDATE artefacts SET archive = :a WHERE digest = :d"),
-                     {"a": _tamper(tampered), "d": v3.digest})  # fmt: skip
-    engine.dispose()
+    v3 = fleet.install("h1", fleet.archive("greeter", "1.2.0"))
+    fleet.tamper_artefact(v3.digest)
     assert fleet.hosts["h1"].command("activate", name="greeter", version="1.2.0")["ok"]
     assert wait_for(
         lambda: fleet.served("h1", "greeter") == "1.2.0", 30, "h1 on 1.2.0", interval=0.1
@@ -131,22 +124,3 @@ def test_four_daemons_fetch_verify_converge_and_refuse_a_tampered_artefact(make_
 
 def _lines(path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
-
-
-def _tamper(archive: bytes) -> bytes:
-    """The same archive with one file's bytes changed (same size, same manifest)."""
-    import io  # noqa: PLC0415
-    import tarfile  # noqa: PLC0415
-
-    out = io.BytesIO()
-    with (
-        tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as src,
-        tarfile.open(fileobj=out, mode="w:gz") as dst,
-    ):
-        for m in src.getmembers():
-            data = src.extractfile(m).read() if m.isfile() else b""  # type: ignore[union-attr]
-            if m.name.endswith("__init__.py"):
-                data = data.replace(b"calls", b"CALLS")
-            m.size = len(data)
-            dst.addfile(m, io.BytesIO(data) if m.isfile() else None)
-    return out.getvalue()

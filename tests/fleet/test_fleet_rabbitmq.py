@@ -136,6 +136,24 @@ def test_upload_once_reload_every_host_through_its_own_queue(
         lambda: all(fleet.served(h, "greeter") == desired for h in hosts),
         60, f"every host on the desired {desired}", interval=0.1,
     )  # fmt: skip
+
+    # Bytes changed in the shared store after the upload: the reload job's activation is
+    # refused by every host that must fetch them, and the job fails naming one of them.
+    assert _done(api, api.upload(fleet.archive("greeter", "1.3.0")))["status"] == "succeeded"
+    _approved(api, "greeter", "1.3.0")
+    with fleet.registry() as reg:
+        fleet.tamper_artefact(reg.get_version("greeter", "1.3.0").digest)
+    job = _done(api, api.start("/api/plugins/reload", {"name": "greeter", "version": "1.3.0"}))
+    assert job["status"] == "failed", job
+    err = job["error"]
+    assert err["code"] == "sandbox.start_failed", err
+    assert err["details"]["cause"] == "archive.hash_mismatch", err
+    assert err["details"]["host"] in hosts[1:] and err["message"].startswith("host h"), err
+    assert err["details"]["hosts"]["h1"]["outcome"] == "swapped"  # its own extraction
+    for h in hosts[1:]:  # never ran the tampered bytes; still on what they ran
+        assert fleet.served(h, "greeter") == desired
+        assert '"artefact.archive.hash_mismatch"' in fleet.hosts[h].layout.security_log.read_text()
+
     engine = sa.create_engine(engine_url(postgres_url))
     try:  # the workers' Celery results went to PostgreSQL (the fleet's result_backend)
         with engine.connect() as conn:

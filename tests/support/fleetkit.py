@@ -12,10 +12,12 @@ other hosts have to fetch and verify them from the shared store.
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import shutil
 import signal
 import subprocess
+import tarfile
 import tempfile
 import time
 import uuid
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from plugvisor.cli.remote import ApiClient
 from plugvisor.client import Client
@@ -32,6 +35,7 @@ from plugvisor.core.errors import PlugvisorError
 from plugvisor.core.signing import generate_keypair
 from plugvisor.state.install import install_archive
 from plugvisor.state.registry import Registry, VersionRecord
+from plugvisor.state.registry.db import engine_url
 from plugvisor.state.tokens import TOKENS_FILE, Role, TokenStore
 from plugvisor.state.trust import TrustStore
 from plugvisor.testing import VERSIONED_PLUGIN
@@ -109,6 +113,20 @@ class Fleet:
     def registry(self) -> Registry:
         return Registry(self.database_url)
 
+    def tamper_artefact(self, digest: str) -> None:
+        """Change one file's bytes in the stored archive of ``digest`` (same size and manifest),
+        in the database behind every host's back."""
+        engine = sa.create_engine(engine_url(self.database_url))
+        try:
+            with engine.begin() as conn:
+                stored = conn.execute(
+                    sa.text("SELECT archive FROM artefacts WHERE digest = :d"), {"d": digest}
+                ).scalar_one()
+                conn.execute(sa.text("UPDATE artefacts SET archive = :a WHERE digest = :d"),
+                             {"a": _tamper(bytes(stored)), "d": digest})  # fmt: skip
+        finally:
+            engine.dispose()
+
     def served(self, host: str, plugin: str) -> str | None:
         """The version ``host`` answers ``plugin`` calls with (None: it does not serve it)."""
         client = self._clients.get(host)
@@ -172,3 +190,19 @@ def make_fleet(postgres_url: str) -> Iterator[Callable[..., Fleet]]:
             fleet.stop()
         for root in roots:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def _tamper(archive: bytes) -> bytes:
+    """The same archive with one file's bytes changed (same size, same manifest)."""
+    out = io.BytesIO()
+    with (
+        tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as src,
+        tarfile.open(fileobj=out, mode="w:gz") as dst,
+    ):
+        for m in src.getmembers():
+            data = src.extractfile(m).read() if m.isfile() else b""  # type: ignore[union-attr]
+            if m.name.endswith("__init__.py"):
+                data = data.replace(b"calls", b"CALLS")
+            m.size = len(data)
+            dst.addfile(m, io.BytesIO(data) if m.isfile() else None)
+    return out.getvalue()
