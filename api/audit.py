@@ -58,6 +58,10 @@ def build_audit_report(
         "violations": read_security_log(layout.security_log, plugin=name),
         "security_log": verify_security_log(layout.security_log),
     }
+    # Per host of a fleet: the version each runs, and which is behind or down.
+    report["hosts"] = registry.plugin_summary(plugin, down_after_s=settings.host_down_after_s)[
+        "hosts"
+    ]
     if target is None:
         return report
     report["signature"] = _signature(layout, target)

@@ -151,7 +151,8 @@ def get_plugin(name: str) -> ResponseReturnValue:
 @operation(
     summary="Security report of a plugin",
     description="Signature and integrity status, scan findings (rule, severity, file, line, "
-    "CWE/OWASP), profile, runtime violations from the security log and its chain status.",
+    "CWE/OWASP), profile, runtime violations from the security log and its chain status, "
+    "and per host of a fleet the version it runs.",
     tag="plugins",
     role=Role.VIEWER,
     query=AuditQuerySchema,

@@ -312,6 +312,11 @@ class AuditReportSchema(Schema):
     review = fields.Dict(
         keys=fields.String(), metadata={"description": "An admin's decision: {by, reason, at}."}
     )
+    hosts = fields.List(
+        fields.Nested(PluginOnHostSchema),
+        metadata={"description": "Per host of the fleet: the version it runs, whether it is "
+                  "behind the active (desired) version, whether the host is down."},
+    )  # fmt: skip
 
 
 class ReviewResultSchema(Schema):

@@ -10,7 +10,7 @@ from plugvisor.cli.context import CliContext, emit, pass_cli
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.registry import Registry
 
-__all__ = ["hosts"]
+__all__ = ["hosts", "plugin_host_lines"]
 
 
 @click.command()
@@ -42,3 +42,15 @@ def _host_text(h: dict[str, Any]) -> str:
         f"  {name} {p['version'] or '-'} {p['health']}" for name, p in sorted(h["plugins"].items())
     ]
     return "\n".join([head, *plugins])
+
+
+def plugin_host_lines(hosts: list[dict[str, Any]]) -> list[str]:
+    """The per-host lines of a plugin view (``status``, ``audit``); none on one machine."""
+    if len(hosts) <= 1:
+        return []
+    lines = []
+    for h in hosts:
+        flags = [h["health"]] + (["BEHIND"] if h["behind"] else [])
+        flags += ["HOST DOWN"] if h["host_status"] == "down" else []
+        lines.append(f"  host {h['host_id']}: {h['version'] or '-'}  {' '.join(flags)}")
+    return lines

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from plugvisor.cli.context import CliContext, emit, pass_cli
+from plugvisor.cli.hosts import plugin_host_lines
 from plugvisor.core.errors import NotFoundError
 from plugvisor.state.install import install_archive
 from plugvisor.state.layout import StateLayout
@@ -70,10 +71,5 @@ def _plugin_text(p: dict[str, Any]) -> str:
     width = max((len(v["version"]) for v in versions), default=0)
     for v in versions:
         lines.append(f"  {v['version']:<{width}}  {v['status']:<11}  digest {v['digest'][:12]}")
-    hosts = p["hosts"]
-    if len(hosts) > 1:  # a fleet: which host runs what
-        for h in hosts:
-            flags = [h["health"]] + (["BEHIND"] if h["behind"] else [])
-            flags += ["HOST DOWN"] if h["host_status"] == "down" else []
-            lines.append(f"  host {h['host_id']}: {h['version'] or '-'}  {' '.join(flags)}")
+    lines.extend(plugin_host_lines(p["hosts"]))  # a fleet: which host runs what
     return "\n".join(lines)

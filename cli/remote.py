@@ -25,6 +25,7 @@ from typing import Any, TextIO
 import click
 
 from plugvisor.cli.context import CliContext, emit, pass_cli
+from plugvisor.cli.hosts import plugin_host_lines
 from plugvisor.core.config import Settings
 from plugvisor.core.errors import ApiError, AuthError, JobError, PlugvisorError, error_from_dict
 
@@ -374,6 +375,10 @@ def _audit_text(r: Mapping[str, Any]) -> str:
         f"  {v.get('time')} {v.get('version')} {v.get('kind')} {v.get('action')}"
         for v in violations[-20:]
     )
+    hosts = list(r.get("hosts") or [])
+    if len(hosts) > 1:
+        lines.append("hosts:")
+        lines.extend(plugin_host_lines(hosts))
     chain = r.get("security_log") or {}
     lines.append(
         f"security log chain: {'ok' if chain.get('ok') else 'BROKEN'} ({chain.get('lines')} lines"

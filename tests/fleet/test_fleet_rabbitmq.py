@@ -105,6 +105,9 @@ def test_upload_once_reload_every_host_through_its_own_queue(
             (h, "1.0.0") for h in hosts}  # fmt: skip
 
     assert wait_for(every_host_observed, 5, "observed rows of every host, before a heartbeat")
+    report = api.request("GET", "/api/plugins/audit?name=greeter")
+    assert sorted((h["host_id"], h["version"]) for h in report["hosts"]) == [
+        (h, "1.0.0") for h in hosts]  # fmt: skip
 
     # The same name and version uploaded at once through both API processes (two
     # different archives): one wins, the other is refused naming the rule.

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import os
 import shutil
-import signal
 import subprocess
 import tarfile
 import tempfile
@@ -41,6 +39,7 @@ from plugvisor.state.trust import TrustStore
 from plugvisor.testing import VERSIONED_PLUGIN
 from plugvisor.tests.support.apikit import free_port
 from plugvisor.tests.support.daemonkit import PLUGVISOR, DaemonKit, new_daemon_kit
+from plugvisor.tests.support.procs import terminate
 
 __all__ = ["Fleet", "make_fleet"]
 
@@ -141,13 +140,7 @@ class Fleet:
 
     def stop(self) -> None:
         for proc in self._procs:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(timeout=10)
+            terminate(proc)
         for kit in self.hosts.values():
             try:
                 kit.stop(timeout=20)

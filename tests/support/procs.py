@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import pwd
+import signal
+import subprocess
 
 import psutil
 
@@ -19,6 +21,7 @@ __all__ = [
     "orphan_sandbox_processes",
     "rss_bytes",
     "sandbox_processes",
+    "terminate",
     "uss_bytes",
 ]
 
@@ -106,3 +109,15 @@ def alive(pids: set[int]) -> set[int]:
         except psutil.NoSuchProcess:
             continue
     return out
+
+
+def terminate(proc: subprocess.Popen[bytes] | None, timeout: float = 30.0) -> None:
+    """SIGTERM ``proc`` and wait; SIGKILL its process group if it outstays ``timeout``."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)

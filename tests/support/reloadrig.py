@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -44,6 +43,7 @@ from plugvisor.state.layout import StateLayout
 from plugvisor.state.registry import JobRecord, Registry, VersionStatus
 from plugvisor.state.trust import TrustStore
 from plugvisor.tests.support.paused_worker import PauseGate, worker_command
+from plugvisor.tests.support.procs import terminate
 from plugvisor.tests.support.waiting import wait_for
 
 __all__ = ["JOB_TIMEOUT", "SOURCE", "Job", "Rig", "reload_rig"]
@@ -259,14 +259,7 @@ class Rig:
 
     def stop(self) -> None:
         for proc in (self.worker, self.daemon):
-            if proc is None or proc.poll() is not None:
-                continue
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+            terminate(proc)
 
 
 @contextlib.contextmanager

@@ -523,3 +523,24 @@ def test_cli_hosts_lists_registered_hosts(settings: Settings, tmp_path: Path) ->
     assert host["plugins"] == {"greeter": {"version": "1.0.0", "health": "serving", "detail": ""}}
     out = run_cli(shared, "hosts")
     assert out.stdout.startswith("web-1  UP") and "greeter 1.0.0 serving" in out.stdout
+
+
+def test_cli_status_shows_each_host_of_a_fleet(settings: Settings, build, tmp_path: Path) -> None:
+    shared = settings.with_overrides(database_url=f"sqlite:///{tmp_path / 'shared.sqlite'}")
+    install_archive(shared, build("1.0.0"))
+    with Registry.open(shared) as reg:
+        reg.activate("greeter", "1.0.0")
+        for host, version, seen in (("web-1", "1.0.0", None), ("web-2", None, "2026-01-01")):
+            reg.heartbeat(host, started_at="2026-01-01T00:00:00+00:00", plugvisor_version="0.1",
+                          pid=1, layers={}, load={})  # fmt: skip
+            reg.observe(host, "greeter", version, "serving" if version else "down")
+            if seen:  # web-2 went quiet long ago: down
+                engine = sa.create_engine(reg.url)
+                with engine.begin() as conn:
+                    conn.execute(sa.text("UPDATE hosts SET last_seen = :s WHERE host_id = :h"),
+                                 {"s": f"{seen}T00:00:00+00:00", "h": host})  # fmt: skip
+                engine.dispose()
+    out = run_cli(shared, "status")
+    assert out.returncode == 0, out.stderr
+    assert "  host web-1: 1.0.0  serving" in out.stdout
+    assert "  host web-2: -  down BEHIND HOST DOWN" in out.stdout
