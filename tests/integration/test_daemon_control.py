@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from plugvisor.core.errors import PluginRuntimeError, PlugvisorError
-from plugvisor.messaging.commands import Disable
-from plugvisor.messaging.control import fetch_events, send_command
+from plugvisor.messaging.commands import Disable, Status
+from plugvisor.messaging.control import broadcast_command, fetch_events, send_command
 
 pytestmark = pytest.mark.slow
 
@@ -99,3 +99,32 @@ def test_a_command_the_sender_gave_up_on_is_never_applied(daemon_kit):
     again = send_command(kit.settings, Disable("late", "x"), timeout=30,
                          command_id="late-1")  # fmt: skip
     assert again["ok"] and again["result"]["outcome"] == "disabled"
+
+
+def test_commands_address_one_host_a_list_or_all(broker_kit):
+    kit = broker_kit
+    kit.env["PLUGVISOR_HOST_ID"] = "web-1"
+    kit.add_version("addr", "1.0.0", activate=True)
+    kit.start()
+    settings = kit.settings
+    # All hosts: one publish routed by "all", answered by each host the registry has up.
+    everyone = broadcast_command(settings, Status(), timeout=30, command_id="all-1")
+    assert list(everyone) == ["web-1"] and everyone["web-1"]["ok"]
+    assert everyone["web-1"]["host"] == "web-1"
+    # A list: each host its own copy; a host nobody runs answers nothing and is reported.
+    listed = broadcast_command(settings, Status(), hosts=["web-1", "web-9"], timeout=3,
+                               command_id="list-1")  # fmt: skip
+    assert listed["web-1"]["ok"] and "addr" in listed["web-1"]["result"]["plugins"]
+    assert listed["web-9"]["ok"] is False
+    assert listed["web-9"]["error"]["code"] == "job.timeout"
+    assert "web-9" in listed["web-9"]["error"]["message"]
+    # One host, by id; another host's id is not this daemon's command.
+    assert send_command(settings, Status(), timeout=30, host="web-1")["host"] == "web-1"
+    with pytest.raises(PlugvisorError) as exc:
+        send_command(settings, Disable("addr", "x"), timeout=2, host="web-2")
+    assert exc.value.code == "job.timeout" and "web-2" in exc.value.message
+    assert kit.client().call("addr", {})["version"] == "1.0.0"  # web-2's disable never ran here
+    with kit.registry() as reg:  # recorded per (command id, host)
+        assert reg.get_command("list-1", "web-1").outcome["ok"]
+        with pytest.raises(PlugvisorError):
+            reg.get_command("list-1", "web-9")
