@@ -1,9 +1,11 @@
 """The fleet foundation with real daemons: one PostgreSQL registry and artefact store,
 heartbeats, convergence, fetch-and-verify on every host.
 
-Four daemons (own state dirs, host ids h1..h4) share one PostgreSQL on 127.0.0.1; a
-version is installed on h1 only, so every other host must fetch its archive from the
-shared store and verify it with its own trusted keys before it runs.
+Four daemons (own state dirs, host ids h1..h4) share one PostgreSQL and one RabbitMQ on
+127.0.0.1; a version is installed on h1 only, so every other host must fetch its archive
+from the shared store and verify it with its own trusted keys before it runs. Versions
+are activated through h1's own control queue only: the other hosts follow the desired
+state by convergence (the reload job's broadcast is ``test_fleet_rabbitmq``).
 """
 
 from __future__ import annotations
@@ -17,15 +19,17 @@ from plugvisor.state.tokens import Role
 from plugvisor.tests.support.apikit import ApiKit
 from plugvisor.tests.support.waiting import wait_for
 
-pytestmark = [pytest.mark.fleet, pytest.mark.slow]
+pytestmark = [pytest.mark.fleet, pytest.mark.rabbitmq, pytest.mark.slow]
 
 
 def _serving(fleet, hosts, plugin: str, version: str) -> bool:
     return all(fleet.served(h, plugin) == version for h in hosts)
 
 
-def test_four_daemons_fetch_verify_converge_and_refuse_a_tampered_artefact(make_fleet) -> None:
-    fleet = make_fleet(4)
+def test_four_daemons_fetch_verify_converge_and_refuse_a_tampered_artefact(
+    make_fleet, rabbitmq_url
+) -> None:
+    fleet = make_fleet(4, broker_url=rabbitmq_url)
     all_hosts = sorted(fleet.hosts)
     v1 = fleet.install("h1", fleet.archive("greeter", "1.0.0"))
     for kit in fleet.hosts.values():
