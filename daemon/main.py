@@ -37,7 +37,7 @@ from plugvisor.daemon.notify import Notifier
 from plugvisor.daemon.supervisor import Supervisor
 from plugvisor.daemon.swap import SwapEngine
 from plugvisor.messaging.commands import Activate, Disable, Enable, Rollback, Status
-from plugvisor.messaging.preflight import preflight
+from plugvisor.messaging.preflight import check_broker
 from plugvisor.sandbox import Spawner, detect_layers
 from plugvisor.state.layout import StateLayout
 from plugvisor.state.registry import Registry
@@ -73,7 +73,9 @@ class Daemon:
     # ---- start ----------------------------------------------------------------------------
     def start(self) -> None:
         s = self.settings
-        preflight(s)  # an unreachable registry or broker is refused before anything starts
+        # An unreachable broker is refused before anything starts; an unreachable registry
+        # is refused by the first open below (recover_state), naming database_url.
+        check_broker(s)
         self.layout.ensure()
         self._write_pid()
         # Debris of a crash mid-install (staging leftovers, trees never recorded).

@@ -140,10 +140,7 @@ def send_raw_command(
     cid = command_id or uuid.uuid4().hex
     got = _exchange(settings, kind, params, timeout, cid=cid, hosts=[target], every=False)
     if target not in got:
-        raise JobError(
-            "timeout", f"no outcome for {kind} command {cid} from host {target} within "
-            f"{timeout} s (is its daemon running?)", command_id=cid, host=target,
-        )  # fmt: skip
+        raise _no_outcome(kind, cid, target, timeout)
     return got[target]
 
 
@@ -168,12 +165,16 @@ def broadcast_command(
                     every=hosts is None)  # fmt: skip
     for host in targets:
         if host not in got:
-            err = JobError(
-                "timeout", f"no outcome for {command.kind} command {cid} from host {host} "
-                f"within {timeout} s (is its daemon running?)", command_id=cid, host=host,
-            )  # fmt: skip
+            err = _no_outcome(command.kind, cid, host, timeout)
             got[host] = {"id": cid, "host": host, "ok": False, "error": err.to_dict()}
     return {h: got[h] for h in targets}
+
+
+def _no_outcome(kind: str, cid: str, host: str, timeout: float) -> JobError:
+    return JobError(
+        "timeout", f"no outcome for {kind} command {cid} from host {host} within {timeout} s "
+        "(is its daemon running?)", command_id=cid, host=host,
+    )  # fmt: skip
 
 
 def _up_hosts(settings: Settings) -> list[str]:
